@@ -1,0 +1,1 @@
+"""Train the hybrid LSTM-CNN fraud model on synthetic or credit-card data."""

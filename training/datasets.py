@@ -1,0 +1,74 @@
+"""A data set in time order, and the honest time-ordered split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Dataset:
+    features: np.ndarray  # (rows, F) float32, raw values
+    labels: np.ndarray  # (rows,) int8, 1 = fraud
+    times: np.ndarray  # (rows,) float64, seconds; defines the order
+    feature_names: tuple[str, ...]
+    # Heavy-tailed features that get sign(x) * log(1 + |x|) before scaling.
+    log_features: tuple[str, ...]
+    source: str
+    sha256: str  # of the file read, or of the generated arrays
+
+    def __post_init__(self) -> None:
+        rows = len(self.labels)
+        if self.features.shape != (rows, len(self.feature_names)):
+            raise ValueError(f"features shape {self.features.shape} does not match labels/names")
+        if len(self.times) != rows:
+            raise ValueError("times and labels differ in length")
+        unknown = set(self.log_features) - set(self.feature_names)
+        if unknown:
+            raise ValueError(f"log features not in feature names: {sorted(unknown)}")
+
+    def take(self, index: np.ndarray | slice) -> Dataset:
+        return Dataset(
+            self.features[index],
+            self.labels[index],
+            self.times[index],
+            self.feature_names,
+            self.log_features,
+            self.source,
+            self.sha256,
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Split:
+    fit: Dataset
+    validation: Dataset
+    test: Dataset
+
+
+def time_split(data: Dataset, test_fraction: float, validation_fraction: float) -> Split:
+    """Earliest rows to fit, then validation, then the latest rows to test.
+
+    A random split would let the model see the future of the very fraud
+    campaigns it is tested on, and report a score it cannot reach in service.
+    """
+    order = np.argsort(data.times, kind="stable")
+    ordered = data.take(order)
+    n = len(ordered)
+    test_start = round(n * (1.0 - test_fraction))
+    val_start = round(test_start * (1.0 - validation_fraction))
+    if not 0 < val_start < test_start < n:
+        raise ValueError(f"split of {n} rows leaves an empty part")
+    parts = Split(
+        ordered.take(slice(0, val_start)),
+        ordered.take(slice(val_start, test_start)),
+        ordered.take(slice(test_start, n)),
+    )
+    for name in ("fit", "validation", "test"):
+        if getattr(parts, name).labels.sum() == 0:
+            raise ValueError(f"the {name} part holds no fraud; use more rows")
+    return parts

@@ -1,0 +1,34 @@
+"""The hybrid LSTM-CNN: features read as a short sequence, convolved, then summarised by an LSTM."""
+
+from __future__ import annotations
+
+import keras
+
+from training.config import TrainConfig
+
+INPUT_NAME = "features"
+
+
+def build_model(n_features: int, config: TrainConfig) -> keras.Model:
+    """Scaled features (batch, F) -> fraud probability (batch, 1)."""
+    inputs = keras.Input(shape=(n_features,), name=INPUT_NAME)
+    x = keras.layers.Reshape((n_features, 1))(inputs)
+    x = keras.layers.Conv1D(
+        config.conv_filters, config.kernel_size, padding="same", activation="relu"
+    )(x)
+    x = keras.layers.MaxPooling1D(pool_size=2, padding="same")(x)
+    # The default (non-unrolled) LSTM converts to a single ONNX LSTM op.
+    x = keras.layers.LSTM(config.lstm_units)(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(config.dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="fraud_probability")(x)
+    model = keras.Model(inputs, outputs, name="lstm_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="binary_crossentropy",
+        metrics=[
+            keras.metrics.AUC(curve="PR", name="pr_auc"),
+            keras.metrics.AUC(curve="ROC", name="roc_auc"),
+        ],
+    )
+    return model
