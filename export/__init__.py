@@ -1,0 +1,1 @@
+"""Convert a trained run to a self-contained ONNX artifact that takes raw features."""

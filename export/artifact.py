@@ -1,0 +1,74 @@
+"""The contract with the server: ONNX metadata keys and the manifest beside model.onnx.
+
+server/artifact.py reads exactly these keys; neither side imports the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from importlib import metadata as package_metadata
+
+from export.convert import INPUT_NAME, OPSET, OUTPUT_NAME
+from training.preprocessing import Preprocessing
+
+SCHEMA_VERSION = "1"
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
+
+
+def tool_versions() -> dict[str, str]:
+    return {name: package_metadata.version(name) for name in TOOLS}
+
+
+def build_metadata(
+    *,
+    name: str,
+    version: str,
+    prep: Preprocessing,
+    metrics: dict[str, object],
+    data: dict[str, object],
+    created_at: str,
+) -> dict[str, str]:
+    """Every value is a string (ONNX metadata_props); structured ones are JSON."""
+
+    def dump(value: object) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    return {
+        "fraud.schema_version": SCHEMA_VERSION,
+        "model_name": name,
+        "model_version": version,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "feature_names": dump(list(prep.feature_names)),
+        "thresholds": dump(metrics["thresholds"]),
+        "metrics": dump({"validation": metrics["validation"], "test": metrics["test"]}),
+        "feature_mean": dump(list(prep.raw_mean)),
+        "feature_std": dump(list(prep.raw_std)),
+        "created_at": created_at,
+        "data_source": str(data["source"]),
+        "data_sha256": str(data["sha256"]),
+        "tool_versions": dump(tool_versions()),
+    }
+
+
+def build_manifest(
+    *, name: str, version: str, model_bytes: bytes, n_features: int, created_at: str
+) -> dict[str, object]:
+    return {
+        "name": name,
+        "version": version,
+        "file": MODEL_FILE,
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "bytes": len(model_bytes),
+        "opset": OPSET,
+        "features": n_features,
+        "created_at": created_at,
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()

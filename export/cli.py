@@ -1,0 +1,114 @@
+"""Command line: python -m export --run RUN_DIR --out models [--version N].
+
+Reads a training run, converts, verifies, and only then writes
+models/<name>/<version>/ (model.onnx, manifest.json and the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from training import train as run_files
+
+CARD_FILES = (
+    run_files.METRICS_FILE,
+    run_files.CURVES_FILE,
+    run_files.CONFIG_FILE,
+    run_files.DATA_FILE,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="training output folder")
+    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--version", help="version folder name (default: next integer)")
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+    return parser.parse_args(argv)
+
+
+def next_version(model_root: Path) -> str:
+    taken = [int(p.name) for p in model_root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(taken, default=0) + 1)
+
+
+def export_run(run: Path, out: Path, version: str | None = None, force: bool = False) -> Path:
+    """Convert and verify; write the version folder only when every check passed."""
+    import keras
+
+    from export.artifact import MANIFEST_FILE, MODEL_FILE, build_manifest, build_metadata, utc_now
+    from export.convert import convert, embed_metadata
+    from export.verify import check_graph, check_parity
+    from training.preprocessing import Preprocessing
+
+    config = json.loads((run / run_files.CONFIG_FILE).read_text())
+    metrics = json.loads((run / run_files.METRICS_FILE).read_text())
+    data = json.loads((run / run_files.DATA_FILE).read_text())
+    prep = Preprocessing.load(run / run_files.PREPROCESSING_FILE)
+    model = keras.saving.load_model(run / run_files.MODEL_FILE)
+    test_rows = np.load(run / run_files.TEST_ROWS_FILE)["features"]
+
+    name = config["model_name"]
+    version = version or next_version(out / name)
+    target = out / name / version
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} exists; pass --force or another --version")
+
+    created_at = utc_now()
+    proto = convert(model, prep)
+    embed_metadata(
+        proto,
+        build_metadata(
+            name=name, version=version, prep=prep, metrics=metrics, data=data, created_at=created_at
+        ),
+        version,
+    )
+    check_graph(proto)
+    report = check_parity(proto, model, prep, test_rows)
+    for batch, diff in report.max_abs_diff.items():
+        print(
+            f"parity batch {batch:>2}: max |keras - onnx| = {diff:.2e} over "
+            f"{report.rows[batch]} test rows"
+        )
+
+    model_bytes = proto.SerializeToString()
+    manifest = build_manifest(
+        name=name,
+        version=version,
+        model_bytes=model_bytes,
+        n_features=len(prep.feature_names),
+        created_at=created_at,
+    )
+    manifest["parity_max_abs_diff"] = {str(k): v for k, v in report.max_abs_diff.items()}
+    # Assemble next to the target and rename, so a reader never sees half a version.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    staging.chmod(0o755)
+    (staging / MODEL_FILE).write_bytes(model_bytes)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for card in CARD_FILES:
+        shutil.copy(run / card, staging / card)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from export.verify import VerificationError
+
+    try:
+        target = export_run(args.run, args.out, args.version, args.force)
+    except (VerificationError, FileExistsError, FileNotFoundError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {target}")
+    return 0

@@ -1,0 +1,51 @@
+"""Keras model + fitted preprocessing -> one ONNX graph on raw features. No file I/O here."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
+
+from training.preprocessing import Preprocessing
+
+OPSET = 17
+INPUT_NAME = "features"
+OUTPUT_NAME = "fraud_probability"
+
+
+def serving_function(model: tf.keras.Model, prep: Preprocessing) -> tf.types.experimental.Function:
+    """The exact numpy transform of training/preprocessing.py, in TensorFlow, before the model."""
+    n = len(prep.feature_names)
+    # numpy arrays, not tf.constant: captured tensors would become graph inputs.
+    log_mask = np.array(prep.log_mask, dtype=np.float32)
+    mean = np.array(prep.mean, dtype=np.float32)
+    std = np.array(prep.std, dtype=np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, n], tf.float32, name=INPUT_NAME)])
+    def serve(raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        # log(|x| + 1) rather than log1p: ONNX opset 17 has no Log1p op.
+        logged = tf.sign(raw) * tf.math.log(tf.abs(raw) + 1.0)
+        x = raw * (1.0 - log_mask) + logged * log_mask
+        x = (x - mean) / std
+        return {OUTPUT_NAME: model(x, training=False)}
+
+    return serve
+
+
+def convert(model: tf.keras.Model, prep: Preprocessing) -> onnx.ModelProto:
+    serve = serving_function(model, prep)
+    proto, _ = tf2onnx.convert.from_function(
+        serve, input_signature=serve.input_signature, opset=OPSET
+    )
+    return proto
+
+
+def embed_metadata(proto: onnx.ModelProto, metadata: dict[str, str], version: str) -> None:
+    del proto.metadata_props[:]
+    for key in sorted(metadata):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, metadata[key]
+    proto.producer_name = "fraud-scoring-export"
+    if version.isdigit():
+        proto.model_version = int(version)
