@@ -1,0 +1,1 @@
+"""The fraud-scoring server: onnxruntime behind a small Starlette app. Never imports TensorFlow."""

@@ -1,0 +1,99 @@
+"""create_app(settings, scorer=None): the whole server, composed explicitly.
+
+Run with `uvicorn --factory server.app:create_app`; settings then come from
+FRAUD_* environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.auth import ApiKeyGuard
+from server.endpoints import Endpoints, JSONResponse, ServerState
+from server.errors import MethodNotAllowed, NotFound, ServingError
+from server.scorer import OnnxScorer, Scorer
+from server.service import ScoringService
+from server.settings import Settings
+
+logger = logging.getLogger("fraud.server")
+
+
+async def serving_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServingError)
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 in our error format."""
+    assert isinstance(exc, HTTPException)
+    error: ServingError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    elif exc.status_code == 404:
+        error = NotFound(f"no route {request.url.path}")
+    else:
+        error = ServingError(str(exc.detail))
+        error.status_code = exc.status_code
+    return JSONResponse(error.to_body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log (Starlette re-raises it to the server), never to the client.
+    return JSONResponse(ServingError("internal error").to_body(), status_code=500)
+
+
+def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> Starlette:
+    settings = settings if settings is not None else Settings.from_env()
+    keys = settings.resolved_api_keys()
+    guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
+    state = ServerState()
+    endpoints = Endpoints(state, guard, settings.max_body_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.insecure_disable_auth:
+            logger.warning("FRAUD_INSECURE_DISABLE_AUTH is set: scoring needs no API key")
+        loaded = scorer
+        if loaded is None:
+            # Load and warm up off the event loop; a broken model stops start-up here.
+            loaded = await anyio.to_thread.run_sync(
+                OnnxScorer.load, settings.model_dir, settings.intra_op_threads
+            )
+        state.service = ScoringService(
+            loaded, settings.review_threshold, settings.decline_threshold
+        )
+        info = loaded.info
+        logger.info(
+            "serving model %s version %s (%d features, sha256 %s)",
+            info.name,
+            info.version,
+            len(info.feature_names),
+            info.sha256[:12],
+        )
+        yield
+        state.service = None
+
+    routes = [
+        Route("/v1/health/live", endpoints.live, methods=["GET"]),
+        Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
+        Route("/v1/model", endpoints.model, methods=["GET"]),
+        Route("/v1/score", endpoints.score, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ServingError: serving_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+    )

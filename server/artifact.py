@@ -1,0 +1,95 @@
+"""Read a model folder: the manifest, the ONNX file it vouches for, and the metadata contract.
+
+The metadata keys are written by export/artifact.py; this module is the only
+place the server knows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.errors import ArtifactError
+
+SCHEMA_VERSION = "1"
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_KEYS = (
+    "fraud.schema_version",
+    "model_name",
+    "model_version",
+    "input_name",
+    "output_name",
+    "feature_names",
+    "thresholds",
+    "metrics",
+    "feature_mean",
+    "feature_std",
+    "created_at",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    input_name: str
+    output_name: str
+    feature_names: tuple[str, ...]
+    review_threshold: float
+    decline_threshold: float
+    metrics: dict[str, Any]
+    feature_mean: tuple[float, ...]
+    feature_std: tuple[float, ...]
+    created_at: str
+    sha256: str
+
+
+def read_model_bytes(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    """The model file's bytes, after checking them against the manifest's sha256."""
+    try:
+        manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+        data = (model_dir / manifest.get("file", MODEL_FILE)).read_bytes()
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"cannot read model folder {model_dir}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.get("sha256"):
+        raise ArtifactError(f"{model_dir}: model sha256 {digest} does not match the manifest")
+    return data, manifest
+
+
+def parse_metadata(meta: dict[str, str], sha256: str) -> ModelInfo:
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise ArtifactError(f"model metadata lacks {missing}")
+    if meta["fraud.schema_version"] != SCHEMA_VERSION:
+        raise ArtifactError(f"metadata schema {meta['fraud.schema_version']!r} is not supported")
+    try:
+        names = json.loads(meta["feature_names"])
+        thresholds = json.loads(meta["thresholds"])
+        info = ModelInfo(
+            name=meta["model_name"],
+            version=meta["model_version"],
+            input_name=meta["input_name"],
+            output_name=meta["output_name"],
+            feature_names=tuple(str(n) for n in names),
+            review_threshold=float(thresholds["review"]),
+            decline_threshold=float(thresholds["decline"]),
+            metrics=json.loads(meta["metrics"]),
+            feature_mean=tuple(float(v) for v in json.loads(meta["feature_mean"])),
+            feature_std=tuple(float(v) for v in json.loads(meta["feature_std"])),
+            created_at=meta["created_at"],
+            sha256=sha256,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"model metadata is malformed: {exc}") from exc
+    if len(set(info.feature_names)) != len(info.feature_names) or not info.feature_names:
+        raise ArtifactError("feature names must be present and distinct")
+    if not len(info.feature_mean) == len(info.feature_std) == len(info.feature_names):
+        raise ArtifactError("feature statistics do not match the feature names")
+    if not 0.0 <= info.review_threshold <= info.decline_threshold <= 1.0:
+        raise ArtifactError("thresholds must satisfy 0 <= review <= decline <= 1")
+    return info

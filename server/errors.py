@@ -1,0 +1,97 @@
+"""One error hierarchy; each error knows its HTTP status and a stable machine-readable code.
+
+Nothing here imports the web framework: the service layer raises these and the
+single handler in server/app.py turns them into `{"error": {...}}` bodies.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def to_body(self) -> dict[str, object]:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+class InvalidJSON(ServingError):
+    status_code = 400
+    code = "invalid_json"
+
+
+class BadRequest(ServingError):
+    status_code = 400
+    code = "bad_request"
+
+
+class MissingApiKey(ServingError):
+    status_code = 401
+    code = "missing_api_key"
+
+    def __init__(self, message: str = "send an API key in the X-API-Key header") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "ApiKey"})
+
+
+class InvalidApiKey(ServingError):
+    status_code = 403
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "the API key is not valid") -> None:
+        super().__init__(message)
+
+
+class NotFound(ServingError):
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServingError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ServingError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServingError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidRequest(ServingError):
+    """Well-formed JSON that is not a valid scoring request."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class NotReady(ServingError):
+    status_code = 503
+    code = "not_ready"
+
+
+class ModelFailure(ServingError):
+    status_code = 500
+    code = "model_error"
+
+
+class ArtifactError(Exception):
+    """A model folder that cannot be served: missing, tampered with, or inconsistent."""
+
+
+class SettingsError(ValueError):
+    """Configuration the server refuses to start with."""

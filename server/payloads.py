@@ -1,0 +1,147 @@
+"""Turn request bytes into validated model rows, or a precise 4xx error. Pure functions."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from server.errors import InvalidJSON, InvalidRequest
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_TRANSACTION_ID = 128
+SCORE_FIELDS = frozenset({"transaction_id", "features"})
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    transaction_id: str | None
+    features: list[float]
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise InvalidJSON(f"duplicate key {duplicate!r}", field=duplicate)
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise InvalidJSON(f"{name} is not valid JSON")
+
+
+_STRICT = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
+def _count_pairs(value: Any) -> int:
+    if type(value) is dict:
+        return len(value) + sum(
+            _count_pairs(v) for v in value.values() if type(v) is dict or type(v) is list
+        )
+    if type(value) is list:
+        return sum(_count_pairs(v) for v in value if type(v) is dict or type(v) is list)
+    return 0
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity literals, no duplicate keys.
+
+    orjson is fast but silently keeps the last of duplicated keys. Every key in
+    the text needs a ':' of its own, so when the body has no more colons than
+    the parsed objects have keys, nothing was dropped; only otherwise (a colon
+    inside a string, or a real duplicate) is the slower strict parser run.
+    """
+    if not body:
+        raise InvalidJSON("the request body is empty")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+    colons = body.count(b":")
+    if colons and (type(value) is not dict or colons > len(value)) and colons > _count_pairs(value):
+        try:
+            _STRICT.decode(body.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, InvalidJSON):
+                raise
+            raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+    return value
+
+
+def parse_transaction_id(value: Any, field: str) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise InvalidRequest("transaction_id must be a string", field=field)
+    if not 1 <= len(value) <= MAX_TRANSACTION_ID:
+        raise InvalidRequest(
+            f"transaction_id must be 1 to {MAX_TRANSACTION_ID} characters", field=field
+        )
+    return value
+
+
+def _check_number(value: Any, field: str) -> float:
+    kind = type(value)
+    if kind is not float and kind is not int:  # bool is a distinct type and fails here
+        raise InvalidRequest(f"must be a number, got {_json_type(value)}", field=field)
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise InvalidRequest("must be a finite number within float32 range", field=field)
+    return number
+
+
+def parse_features(value: Any, names: tuple[str, ...], field: str = "features") -> list[float]:
+    if type(value) is list:
+        if len(value) != len(names):
+            raise InvalidRequest(f"expected {len(names)} features, got {len(value)}", field=field)
+        return [_check_number(v, f"{field}[{i}]") for i, v in enumerate(value)]
+    if type(value) is dict:
+        unknown = [key for key in value if key not in names]
+        if unknown:
+            raise InvalidRequest(f"unknown feature {unknown[0]!r}", field=f"{field}.{unknown[0]}")
+        missing = [name for name in names if name not in value]
+        if missing:
+            raise InvalidRequest(
+                f"missing feature(s): {', '.join(missing)}", field=f"{field}.{missing[0]}"
+            )
+        return [_check_number(value[name], f"{field}.{name}") for name in names]
+    if value is None:
+        raise InvalidRequest("features is required", field=field)
+    raise InvalidRequest(
+        f"features must be an array of {len(names)} numbers or an object "
+        f"of feature names to numbers, got {_json_type(value)}",
+        field=field,
+    )
+
+
+def parse_score_request(payload: Any, names: tuple[str, ...]) -> ScoreRequest:
+    if type(payload) is not dict:
+        raise InvalidRequest(f"the body must be a JSON object, got {_json_type(payload)}")
+    for key in payload:
+        if key not in SCORE_FIELDS:
+            raise InvalidRequest(f"unknown field {key!r}", field=key)
+    if "features" not in payload:
+        raise InvalidRequest("features is required", field="features")
+    return ScoreRequest(
+        transaction_id=parse_transaction_id(payload.get("transaction_id"), "transaction_id"),
+        features=parse_features(payload["features"], names),
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)

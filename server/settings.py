@@ -1,0 +1,102 @@
+"""Settings, read once from FRAUD_* environment variables and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.errors import SettingsError
+
+PREFIX = "FRAUD_"
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Folder holding model.onnx and manifest.json (one model version).
+    model_dir: Path = Path("models/creditcard/1")
+    # Accepted X-API-Key values: FRAUD_API_KEYS (comma-separated) plus, if set,
+    # FRAUD_API_KEY_FILE (one key per line, '#' starts a comment).
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: Path | None = None
+    # Serve without any key. Off by default: without keys the server will not start.
+    insecure_disable_auth: bool = False
+    # Override the model's own thresholds (from its metadata). REVIEW <= DECLINE.
+    review_threshold: float | None = None
+    decline_threshold: float | None = None
+    # Larger request bodies get 413 before they are parsed.
+    max_body_bytes: int = 64 * 1024
+    # onnxruntime threads per session; one suits a tiny model on a busy server.
+    intra_op_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise SettingsError("FRAUD_MAX_BODY_BYTES must be positive")
+        if self.intra_op_threads < 1:
+            raise SettingsError("FRAUD_INTRA_OP_THREADS must be at least 1")
+        for name in ("review_threshold", "decline_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise SettingsError(f"FRAUD_{name.upper()} must be within [0, 1]")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(PREFIX + name)
+            return value.strip() if value is not None else None
+
+        values: dict[str, object] = {}
+        if model_dir := get("MODEL_DIR"):
+            values["model_dir"] = Path(model_dir)
+        if keys := get("API_KEYS"):
+            values["api_keys"] = tuple(k.strip() for k in keys.split(",") if k.strip())
+        if key_file := get("API_KEY_FILE"):
+            values["api_key_file"] = Path(key_file)
+        if (insecure := get("INSECURE_DISABLE_AUTH")) is not None:
+            values["insecure_disable_auth"] = parse_bool("INSECURE_DISABLE_AUTH", insecure)
+        for name in ("REVIEW_THRESHOLD", "DECLINE_THRESHOLD"):
+            if raw := get(name):
+                values[name.lower()] = parse_number(name, raw, float)
+        for name in ("MAX_BODY_BYTES", "INTRA_OP_THREADS"):
+            if raw := get(name):
+                values[name.lower()] = parse_number(name, raw, int)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def resolved_api_keys(self) -> tuple[str, ...]:
+        """All accepted keys; refuses to run open unless auth is explicitly disabled."""
+        keys = list(self.api_keys)
+        if self.api_key_file is not None:
+            try:
+                lines = self.api_key_file.read_text().splitlines()
+            except OSError as exc:
+                raise SettingsError(f"cannot read FRAUD_API_KEY_FILE: {exc}") from exc
+            keys += [line.split("#", 1)[0].strip() for line in lines]
+        keys = [k for k in keys if k]
+        if not keys and not self.insecure_disable_auth:
+            raise SettingsError(
+                "no API key configured: set FRAUD_API_KEYS or FRAUD_API_KEY_FILE"
+                " (or FRAUD_INSECURE_DISABLE_AUTH=true to serve without keys)"
+            )
+        return tuple(keys)
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    if raw.lower() in TRUE:
+        return True
+    if raw.lower() in FALSE:
+        return False
+    raise SettingsError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def parse_number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{PREFIX}{name} must be a{'n integer' if kind is int else ' number'}, got {raw!r}"
+        ) from None
