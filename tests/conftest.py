@@ -1,0 +1,130 @@
+"""Shared fixtures: a tiny model trained and exported once per session, and a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
+TEST_API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic LSTM-CNN trained for real: seconds, not minutes."""
+    from training.config import TrainConfig
+    from training.train import run
+
+    out = tmp_path_factory.mktemp("run")
+    run(
+        TrainConfig(
+            out_dir=str(out),
+            data="synthetic",
+            synthetic_rows=6000,
+            epochs=2,
+            batch_size=256,
+            patience=1,
+            verbose=0,
+            model_name="tiny",
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.cli import export_run
+
+    return export_run(tiny_run, tmp_path_factory.mktemp("models"), version="1")
+
+
+class LiveServer:
+    def __init__(self, base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.base_url = base_url
+        self.process = process
+        self.log = log
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10.0, **kwargs)  # type: ignore[arg-type]
+
+
+def start_server(
+    model_dir: Path, log: Path, extra_env: dict[str, str] | None = None, python: Path | None = None
+) -> LiveServer:
+    """uvicorn on a free loopback port, in the serving-only venv when it exists."""
+    port = free_port()
+    interpreter = python or (SERVE_PYTHON if SERVE_PYTHON.exists() else Path(sys.executable))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
+    env.update(
+        {"FRAUD_MODEL_DIR": str(model_dir), "FRAUD_API_KEYS": TEST_API_KEY, "PYTHONPATH": str(ROOT)}
+    )
+    env.update(extra_env or {})
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                str(interpreter),
+                "-m",
+                "uvicorn",
+                "--factory",
+                "server.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(f"{base_url}/v1/health/ready", timeout=1.0).status_code == 200:
+                return LiveServer(base_url, process, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"server not ready in 30 s: {log.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    log = tmp_path_factory.mktemp("server") / "uvicorn.log"
+    server = start_server(tiny_model_dir, log, {"FRAUD_MAX_BODY_BYTES": "4096"})
+    yield server
+    stop_server(server)

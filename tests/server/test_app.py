@@ -1,0 +1,180 @@
+"""The app with a fake scorer: auth, health, decisions, errors, driven by TestClient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from server.app import create_app
+from server.errors import SettingsError
+from server.settings import Settings
+from tests.server.fakes import FakeScorer
+
+KEY = "unit-test-key-abcdef"
+OTHER_KEY = "second-key-123456"
+
+
+def make_client(scorer: FakeScorer | None = None, **settings: object) -> TestClient:
+    config = Settings(api_keys=(KEY, OTHER_KEY), **settings)  # type: ignore[arg-type]
+    return TestClient(
+        create_app(config, scorer=scorer or FakeScorer()), raise_server_exceptions=False
+    )
+
+
+def score(client: TestClient, body: object, key: str | None = KEY):
+    headers = {"X-API-Key": key} if key is not None else {}
+    return client.post("/v1/score", json=body, headers=headers)
+
+
+def test_scores_and_decides_by_the_model_thresholds() -> None:
+    with make_client() as client:
+        decisions = {
+            p: score(client, {"transaction_id": f"t{p}", "features": [p, 0, 0]}).json()
+            for p in (0.1, 0.5, 0.7, 0.95, 1.0)
+        }
+    assert {p: d["decision"] for p, d in decisions.items()} == {
+        0.1: "APPROVE",
+        0.5: "REVIEW",
+        0.7: "REVIEW",
+        0.95: "DECLINE",
+        1.0: "DECLINE",
+    }
+    assert decisions[0.7] == {
+        "transaction_id": "t0.7",
+        "fraud_probability": pytest.approx(0.7),
+        "decision": "REVIEW",
+        "model_version": "7",
+    }
+
+
+def test_settings_override_thresholds() -> None:
+    with make_client(review_threshold=0.05, decline_threshold=0.2) as client:
+        assert score(client, {"features": [0.1, 0, 0]}).json()["decision"] == "REVIEW"
+        assert score(client, {"features": [0.3, 0, 0]}).json()["decision"] == "DECLINE"
+        assert client.get("/v1/model", headers={"X-API-Key": KEY}).json()["thresholds"] == {
+            "review": 0.05,
+            "decline": 0.2,
+        }
+
+
+def test_thresholds_out_of_order_refuse_to_start() -> None:
+    with pytest.raises(SettingsError), make_client(review_threshold=0.8, decline_threshold=0.3):
+        pass
+
+
+def test_plain_features_form_and_named_form_agree() -> None:
+    scorer = FakeScorer()
+    with make_client(scorer) as client:
+        plain = score(client, {"features": [0.6, 2, 3]}).json()
+        by_name = score(client, {"features": {"distance": 3, "hour": 2, "amount": 0.6}}).json()
+    assert plain == by_name
+    assert plain["transaction_id"] is None
+    assert scorer.calls[0].tolist() == scorer.calls[1].tolist()
+    assert scorer.calls[0].dtype.name == "float32"
+
+
+def test_colon_inside_a_string_is_not_mistaken_for_a_duplicate() -> None:
+    with make_client() as client:
+        response = score(client, {"transaction_id": "tx:2026:01", "features": [0.2, 1, 2]})
+    assert response.status_code == 200
+    assert response.json()["transaction_id"] == "tx:2026:01"
+
+
+@pytest.mark.parametrize(
+    ("key", "status", "code"),
+    [
+        (None, 401, "missing_api_key"),
+        ("", 401, "missing_api_key"),
+        ("wrong-key", 403, "invalid_api_key"),
+        (KEY[:-1], 403, "invalid_api_key"),
+        (KEY + "x", 403, "invalid_api_key"),
+        ("ключ", 403, "invalid_api_key"),
+    ],
+)
+def test_scoring_needs_a_valid_key(key: str | None, status: int, code: str) -> None:
+    scorer = FakeScorer()
+    with make_client(scorer) as client:
+        headers = {"X-API-Key": key.encode()} if key is not None else {}
+        response = client.post("/v1/score", json={"features": [0, 0, 0]}, headers=headers)
+        model = client.get("/v1/model", headers=headers)
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert model.status_code == status
+    assert scorer.calls == []  # rejected before the model is touched
+
+
+def test_any_configured_key_works() -> None:
+    with make_client() as client:
+        assert score(client, {"features": [0, 0, 0]}, key=OTHER_KEY).status_code == 200
+
+
+def test_auth_comes_before_validation() -> None:
+    with make_client() as client:
+        response = client.post(
+            "/v1/score", content=b"not json", headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 401
+
+
+def test_no_key_configured_refuses_to_start() -> None:
+    with pytest.raises(SettingsError, match="no API key"):
+        create_app(Settings(), scorer=FakeScorer())
+
+
+def test_insecure_setting_serves_without_keys() -> None:
+    app = create_app(Settings(insecure_disable_auth=True), scorer=FakeScorer())
+    with TestClient(app) as client:
+        assert score(client, {"features": [0.1, 0, 0]}, key=None).status_code == 200
+
+
+def test_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# analysts\nfile-key-one\n\nfile-key-two  # batch jobs\n")
+    app = create_app(Settings(api_key_file=key_file), scorer=FakeScorer())
+    with TestClient(app) as client:
+        assert score(client, {"features": [0, 0, 0]}, key="file-key-two").status_code == 200
+        assert score(client, {"features": [0, 0, 0]}, key="# analysts").status_code == 403
+
+
+def test_unreadable_key_file_refuses_to_start(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="FRAUD_API_KEY_FILE"):
+        create_app(Settings(api_key_file=tmp_path / "absent"), scorer=FakeScorer())
+
+
+def test_readiness_follows_the_lifespan() -> None:
+    client = make_client()
+    # Outside the context manager the lifespan has not run: live, not ready.
+    assert client.get("/v1/health/live").status_code == 200
+    not_ready = client.get("/v1/health/ready")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["error"]["code"] == "not_ready"
+    assert score(client, {"features": [0, 0, 0]}).status_code == 503
+    with client:
+        ready = client.get("/v1/health/ready")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "model": "fake", "model_version": "7"}
+    assert client.get("/v1/health/ready").status_code == 503
+
+
+def test_health_needs_no_key() -> None:
+    with make_client() as client:
+        assert client.get("/v1/health/live").json() == {"status": "live"}
+        assert client.get("/v1/health/ready").status_code == 200
+
+
+def test_model_failure_is_a_500_that_says_so_without_a_traceback() -> None:
+    with make_client(FakeScorer(fail=True)) as client:
+        response = score(client, {"features": [0.5, 0, 0]})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "model_error", "message": "the model failed to score: RuntimeError"}
+    }
+
+
+def test_model_info_describes_the_model() -> None:
+    with make_client() as client:
+        info = client.get("/v1/model", headers={"X-API-Key": KEY}).json()
+    assert info["name"] == "fake"
+    assert info["features"] == ["amount", "hour", "distance"]
+    assert info["thresholds"] == {"review": 0.5, "decline": 0.9}

@@ -1,0 +1,46 @@
+"""Train -> export -> a real uvicorn on loopback -> the same scores as onnxruntime directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from tests.conftest import TEST_API_KEY, LiveServer
+
+
+def test_served_scores_equal_direct_onnxruntime(
+    live_server: LiveServer, tiny_model_dir: Path, tiny_run: Path
+) -> None:
+    rows = np.load(tiny_run / "test_rows.npz")["features"][:300]
+    session = ort.InferenceSession(str(tiny_model_dir / "model.onnx"))
+    direct = session.run(None, {"features": rows})[0].ravel()
+    with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+        info = client.get("/v1/model").json()
+        review, decline = info["thresholds"]["review"], info["thresholds"]["decline"]
+        for i, row in enumerate(rows):
+            body = {"transaction_id": f"tx-{i}", "features": [float(v) for v in row]}
+            answer = client.post("/v1/score", json=body).json()
+            assert answer["transaction_id"] == f"tx-{i}"
+            assert answer["model_version"] == "1"
+            assert abs(answer["fraud_probability"] - float(direct[i])) <= 1e-6
+            expected = (
+                "DECLINE"
+                if direct[i] >= decline
+                else "REVIEW"
+                if direct[i] >= review
+                else "APPROVE"
+            )
+            assert answer["decision"] == expected
+        named = dict(zip(info["features"], (float(v) for v in rows[0]), strict=True))
+        by_name = client.post("/v1/score", json={"features": named}).json()
+        assert abs(by_name["fraud_probability"] - float(direct[0])) <= 1e-6
+
+
+def test_original_plain_form_still_works(live_server: LiveServer, tiny_run: Path) -> None:
+    row = np.load(tiny_run / "test_rows.npz")["features"][0]
+    with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+        answer = client.post("/v1/score", json={"features": [float(v) for v in row]}).json()
+    assert set(answer) == {"transaction_id", "fraud_probability", "decision", "model_version"}
+    assert answer["transaction_id"] is None

@@ -1,0 +1,76 @@
+"""The server never imports TensorFlow, Keras, tf2onnx, training/ or export/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, SERVE_PYTHON
+
+FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "training", "export", "onnx")
+SERVE_REQUIREMENTS = ROOT / "requirements-serve.txt"
+
+PROBE = """
+import sys
+from pathlib import Path
+from server.app import create_app
+from server.settings import Settings
+from starlette.testclient import TestClient
+settings = Settings(model_dir=Path(sys.argv[1]), api_keys=("k",))
+with TestClient(create_app(settings)) as client:
+    assert client.get("/v1/health/ready").status_code == 200
+loaded = sorted({name.split(".")[0] for name in sys.modules})
+print(",".join(loaded))
+"""
+
+
+def test_serving_imports_no_training_stack(tiny_model_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tiny_model_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    loaded = set(result.stdout.strip().split(","))
+    assert "onnxruntime" in loaded and "starlette" in loaded  # the probe did serve
+    assert not loaded & set(FORBIDDEN), loaded & set(FORBIDDEN)
+
+
+def test_serving_requirements_hold_no_training_stack() -> None:
+    names = {
+        line.split("==")[0].strip().lower()
+        for line in SERVE_REQUIREMENTS.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {
+        "onnxruntime",
+        "numpy",
+        "starlette",
+        "uvicorn",
+        "orjson",
+        "uvloop",
+        "httptools",
+    } <= names
+    assert not names & {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx"}
+    assert all(
+        "==" in line
+        for line in SERVE_REQUIREMENTS.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+
+
+@pytest.mark.skipif(not SERVE_PYTHON.exists(), reason="make test builds the serving venv first")
+def test_serving_venv_has_no_tensorflow() -> None:
+    probe = (
+        "import importlib.util as u; "
+        "print([m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnx') if u.find_spec(m)])"
+    )
+    result = subprocess.run(
+        [str(SERVE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
