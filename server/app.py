@@ -24,7 +24,8 @@ from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
 
-logger = logging.getLogger("fraud.server")
+# A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
+logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 
 async def serving_error(request: Request, exc: Exception) -> Response:
