@@ -43,7 +43,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
         error = NotFound(f"no route {request.url.path}")
     else:
         error = ServingError(str(exc.detail))
-        error.status_code = exc.status_code
+        error.status_code, error.code = exc.status_code, "http_error"
     return JSONResponse(error.to_body(), status_code=exc.status_code, headers=exc.headers)
 
 

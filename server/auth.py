@@ -11,7 +11,7 @@ HEADER = "x-api-key"
 
 class ApiKeyGuard:
     def __init__(self, keys: tuple[str, ...], enabled: bool = True) -> None:
-        self._keys = tuple(k.encode("utf-8") for k in keys)
+        self._keys = tuple(k.encode("ascii") for k in keys)  # Settings admits ASCII keys only
         self.enabled = enabled
 
     def check(self, presented: str | None) -> None:
@@ -19,7 +19,8 @@ class ApiKeyGuard:
             return
         if not presented:
             raise MissingApiKey()
-        candidate = presented.encode("utf-8", "surrogateescape")
+        # Starlette decodes header bytes as latin-1; this gives the client's bytes back.
+        candidate = presented.encode("latin-1")
         # Compare with every key, without stopping early, so timing reveals
         # neither which key matched nor how much of one did.
         matched = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from server.auth import HEADER, ApiKeyGuard
@@ -37,17 +37,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing anything over `limit` bytes before or while it arrives."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("Content-Length is not a number")
+        # isdigit alone admits '²' and the like; uvicorn filters these, other servers may not.
+        if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
+            raise BadRequest("Content-Length is not a valid length")
         if int(declared) > limit:
             raise PayloadTooLarge(f"the body is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked bodies declare no length
-            raise PayloadTooLarge(f"the body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # chunked bodies declare no length
+                raise PayloadTooLarge(f"the body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to answer; the error only ends the request without a traceback.
+        raise BadRequest("the client closed the connection before sending the body") from None
     return b"".join(chunks)
 
 

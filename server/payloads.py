@@ -28,7 +28,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(obj) != len(pairs):
         seen: set[str] = set()
         duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise InvalidJSON(f"duplicate key {duplicate!r}", field=duplicate)
+        raise InvalidJSON(f"duplicate key {shown(duplicate)}")
     return obj
 
 
@@ -40,13 +40,22 @@ _STRICT = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=
 
 
 def _count_pairs(value: Any) -> int:
-    if type(value) is dict:
-        return len(value) + sum(
-            _count_pairs(v) for v in value.values() if type(v) is dict or type(v) is list
-        )
-    if type(value) is list:
-        return sum(_count_pairs(v) for v in value if type(v) is dict or type(v) is list)
-    return 0
+    """Keys in all objects within `value`; a loop, since orjson allows nesting deeper than
+    Python's recursion limit."""
+    pairs, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is dict:
+            pairs += len(item)
+            pending.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+        elif type(item) is list:
+            pending.extend(v for v in item if type(v) is dict or type(v) is list)
+    return pairs
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A client-supplied name, quoted and cut short, for an error message or field."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def parse_json(body: bytes) -> Any:
@@ -104,7 +113,9 @@ def parse_features(value: Any, names: tuple[str, ...], field: str = "features") 
     if type(value) is dict:
         unknown = [key for key in value if key not in names]
         if unknown:
-            raise InvalidRequest(f"unknown feature {unknown[0]!r}", field=f"{field}.{unknown[0]}")
+            raise InvalidRequest(
+                f"unknown feature {shown(unknown[0])}", field=f"{field}.{unknown[0][:40]}"
+            )
         missing = [name for name in names if name not in value]
         if missing:
             raise InvalidRequest(
@@ -125,7 +136,7 @@ def parse_score_request(payload: Any, names: tuple[str, ...]) -> ScoreRequest:
         raise InvalidRequest(f"the body must be a JSON object, got {_json_type(payload)}")
     for key in payload:
         if key not in SCORE_FIELDS:
-            raise InvalidRequest(f"unknown field {key!r}", field=key)
+            raise InvalidRequest(f"unknown field {shown(key)}", field=key[:40])
     if "features" not in payload:
         raise InvalidRequest("features is required", field="features")
     return ScoreRequest(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from server.errors import ModelFailure, SettingsError
 from server.payloads import parse_score_request
 from server.scorer import Scorer
+
+logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 APPROVE, REVIEW, DECLINE = "APPROVE", "REVIEW", "DECLINE"
 
@@ -48,7 +51,9 @@ class ScoringService:
         try:
             probability = float(self.scorer.predict(row)[0])
         except Exception as exc:
-            raise ModelFailure(f"the model failed to score: {type(exc).__name__}") from exc
+            # Details are for operators: clients learn only that the model, not their input, failed.
+            logger.exception("model %s failed to score a row", self.info.version)
+            raise ModelFailure("the model failed to score this request") from exc
         if not 0.0 <= probability <= 1.0:  # also false for NaN
             raise ModelFailure("the model returned a value that is not a probability")
         return {

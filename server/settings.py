@@ -72,11 +72,15 @@ class Settings:
         keys = list(self.api_keys)
         if self.api_key_file is not None:
             try:
-                lines = self.api_key_file.read_text().splitlines()
+                lines = self.api_key_file.read_text(encoding="utf-8-sig").splitlines()
             except OSError as exc:
                 raise SettingsError(f"cannot read FRAUD_API_KEY_FILE: {exc}") from exc
             keys += [line.split("#", 1)[0].strip() for line in lines]
         keys = [k for k in keys if k]
+        if not all(k.isascii() and k.isprintable() for k in keys):
+            # HTTP header values are bytes without a declared charset; a non-ASCII key
+            # would match or not depending on the client's encoding.
+            raise SettingsError("API keys must be printable ASCII")
         if not keys and not self.insecure_disable_auth:
             raise SettingsError(
                 "no API key configured: set FRAUD_API_KEYS or FRAUD_API_KEY_FILE"

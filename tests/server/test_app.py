@@ -137,6 +137,20 @@ def test_key_file(tmp_path: Path) -> None:
         assert score(client, {"features": [0, 0, 0]}, key="# analysts").status_code == 403
 
 
+def test_key_file_with_byte_order_mark(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_bytes("\ufeffbom-key-1\n".encode())
+    app = create_app(Settings(api_key_file=key_file), scorer=FakeScorer())
+    with TestClient(app) as client:
+        assert score(client, {"features": [0, 0, 0]}, key="bom-key-1").status_code == 200
+
+
+@pytest.mark.parametrize("key", ["ключ-1234", "tab\tkey"])
+def test_non_ascii_or_unprintable_keys_refuse_to_start(key: str) -> None:
+    with pytest.raises(SettingsError, match="ASCII"):
+        create_app(Settings(api_keys=(key,)), scorer=FakeScorer())
+
+
 def test_unreadable_key_file_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="FRAUD_API_KEY_FILE"):
         create_app(Settings(api_key_file=tmp_path / "absent"), scorer=FakeScorer())
@@ -168,7 +182,7 @@ def test_model_failure_is_a_500_that_says_so_without_a_traceback() -> None:
         response = score(client, {"features": [0.5, 0, 0]})
     assert response.status_code == 500
     assert response.json() == {
-        "error": {"code": "model_error", "message": "the model failed to score: RuntimeError"}
+        "error": {"code": "model_error", "message": "the model failed to score this request"}
     }
 
 

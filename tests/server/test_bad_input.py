@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -224,6 +225,28 @@ CASES = [
     ),
     ("body is a string", lambda f: (JSON, b'"features"'), 422, "invalid_request"),
     ("body is null", lambda f: (JSON, b"null"), 422, "invalid_request"),
+    # Nesting orjson accepts (up to 1024) but deeper than Python's recursion limit.
+    (
+        "nested objects 500 deep",
+        lambda f: (JSON, b'{"a":' * 500 + b"1" + b"}" * 500),
+        422,
+        "invalid_request",
+    ),
+    (
+        "nested lists 1000 deep",
+        lambda f: (JSON, b"[" * 1000 + b'{"a":1}' + b"]" * 1000),
+        422,
+        "invalid_request",
+    ),
+    (
+        "nested features 600 deep",
+        lambda f: (
+            JSON,
+            b'{"transaction_id": "a:b", "features": ' + b"[" * 600 + b"]" * 600 + b"}",
+        ),
+        422,
+        "invalid_request",
+    ),
     (
         "deeply nested",
         lambda f: (JSON, b'{"features": ' + b"[" * 1500 + b"]" * 1500 + b"}"),
@@ -307,7 +330,6 @@ def test_routing_errors_are_json(
 
 
 def test_transport_level_garbage_does_not_kill_the_server(live_server: LiveServer) -> None:
-    import socket
     from urllib.parse import urlparse
 
     url = urlparse(live_server.base_url)
@@ -316,3 +338,49 @@ def test_transport_level_garbage_does_not_kill_the_server(live_server: LiveServe
         sock.recv(1024)
     with live_server.client() as client:
         assert client.get("/v1/health/live").status_code == 200
+
+
+def test_client_leaving_mid_body_leaves_no_traceback(live_server: LiveServer) -> None:
+    from urllib.parse import urlparse
+
+    url = urlparse(live_server.base_url)
+    request = (
+        f"POST /v1/score HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {TEST_API_KEY}\r\nContent-Length: 100\r\n\r\n"
+        '{"features": '
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        sock.sendall(request)
+    with live_server.client() as client:
+        assert client.get("/v1/health/live").status_code == 200
+        feature_names = names(live_server)
+        ok = client.post("/v1/score", headers=JSON, json={"features": [0.0] * len(feature_names)})
+    assert ok.status_code == 200
+    assert "Traceback" not in live_server.log.read_text()
+
+
+@pytest.mark.parametrize("extreme", [3.4e38, -3.4e38, 1e30, -1e-45])
+def test_extreme_finite_values_still_score(live_server: LiveServer, extreme: float) -> None:
+    """Inside float32 but absurd: the graph clips scaled values, so the score stays finite."""
+    feature_names = names(live_server)
+    with live_server.client() as client:
+        for index in (0, len(feature_names) - 1):
+            row = [1.0] * len(feature_names)
+            row[index] = extreme
+            response = client.post("/v1/score", headers=JSON, json={"features": row})
+            assert response.status_code == 200, response.text
+            assert 0.0 <= response.json()["fraud_probability"] <= 1.0
+        response = client.post(
+            "/v1/score", headers=JSON, json={"features": [extreme] * len(feature_names)}
+        )
+    assert response.status_code == 200
+    assert 0.0 <= response.json()["fraud_probability"] <= 1.0
+
+
+def test_long_client_names_are_cut_short_in_errors(live_server: LiveServer) -> None:
+    name = "z" * 3000
+    with live_server.client() as client:
+        response = client.post("/v1/score", headers=JSON, json={"features": [1], name: 1})
+    error = response.json()["error"]
+    assert response.status_code == 422
+    assert len(error["message"]) < 100 and len(error["field"]) <= 40
