@@ -7,7 +7,7 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
-from training.preprocessing import Preprocessing
+from training.preprocessing import SCALED_LIMIT, Preprocessing
 
 OPSET = 17
 INPUT_NAME = "features"
@@ -27,7 +27,7 @@ def serving_function(model: tf.keras.Model, prep: Preprocessing) -> tf.types.exp
         # log(|x| + 1) rather than log1p: ONNX opset 17 has no Log1p op.
         logged = tf.sign(raw) * tf.math.log(tf.abs(raw) + 1.0)
         x = raw * (1.0 - log_mask) + logged * log_mask
-        x = (x - mean) / std
+        x = tf.clip_by_value((x - mean) / std, -SCALED_LIMIT, SCALED_LIMIT)
         return {OUTPUT_NAME: model(x, training=False)}
 
     return serve

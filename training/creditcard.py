@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from training.datasets import Dataset
+from training.fetch_creditcard import file_digest
 
 PCA_COLUMNS = tuple(f"V{i}" for i in range(1, 29))
 # Time is seconds since the first transaction of a two-day capture: it orders
@@ -20,14 +20,6 @@ COLUMNS = ("Time", *FEATURES, "Class")
 
 class DataFormatError(ValueError):
     pass
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_creditcard(path: str | Path) -> Dataset:
@@ -50,5 +42,5 @@ def load_creditcard(path: str | Path) -> Dataset:
         feature_names=FEATURES,
         log_features=("Amount",),
         source="creditcard",
-        sha256=file_sha256(path),
+        sha256=file_digest(path, "sha256"),
     )

@@ -59,8 +59,8 @@ def time_split(data: Dataset, test_fraction: float, validation_fraction: float) 
     order = np.argsort(data.times, kind="stable")
     ordered = data.take(order)
     n = len(ordered)
-    test_start = round(n * (1.0 - test_fraction))
-    val_start = round(test_start * (1.0 - validation_fraction))
+    test_start = _cut(ordered.times, round(n * (1.0 - test_fraction)))
+    val_start = _cut(ordered.times, round(test_start * (1.0 - validation_fraction)))
     if not 0 < val_start < test_start < n:
         raise ValueError(f"split of {n} rows leaves an empty part")
     parts = Split(
@@ -72,3 +72,11 @@ def time_split(data: Dataset, test_fraction: float, validation_fraction: float) 
         if getattr(parts, name).labels.sum() == 0:
             raise ValueError(f"the {name} part holds no fraud; use more rows")
     return parts
+
+
+def _cut(times: np.ndarray, index: int) -> int:
+    """Move a cut back to the first row of its timestamp, so rows sharing a moment stay
+    together on the later side and no part holds a moment an earlier part has seen."""
+    if index >= len(times):
+        return len(times)
+    return int(np.searchsorted(times, times[index], side="left"))

@@ -25,8 +25,8 @@ class FetchError(RuntimeError):
     pass
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
@@ -34,7 +34,7 @@ def md5_of(path: Path) -> str:
 
 
 def verify(path: Path) -> None:
-    actual = md5_of(path)
+    actual = file_digest(path, "md5")
     if actual != MD5:
         raise FetchError(f"{path}: md5 {actual}, expected {MD5}")
     with path.open("rb") as handle:

@@ -15,6 +15,10 @@ import numpy as np
 
 # A feature with (almost) no spread in training would divide by ~0.
 MIN_STD = 1e-6
+# Scaled values are clipped to +-this: an absurd but finite input (3e38) would
+# otherwise overflow float32 to inf and reach the network as NaN. Real rows sit
+# far inside it (the credit-card data's most extreme is about 100 std out).
+SCALED_LIMIT = 1e4
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
@@ -53,7 +57,9 @@ class Preprocessing:
         x = np.where(mask, np.sign(x) * np.log(np.abs(x) + np.float32(1.0)), x)
         mean = np.array(self.mean, dtype=np.float32)
         std = np.array(self.std, dtype=np.float32)
-        return ((x - mean) / std).astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow to inf is what the clip is for
+            scaled = (x - mean) / std
+        return np.clip(scaled, -SCALED_LIMIT, SCALED_LIMIT).astype(np.float32)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")

@@ -12,7 +12,13 @@ import onnxruntime as ort
 import pytest
 
 from export.artifact import MANIFEST_FILE, MODEL_FILE
-from export.verify import PARITY_TOLERANCE, VerificationError, check_graph, check_parity
+from export.verify import (
+    PARITY_TOLERANCE,
+    VerificationError,
+    check_graph,
+    check_ops,
+    check_parity,
+)
 from training.preprocessing import Preprocessing
 
 
@@ -103,13 +109,26 @@ def test_verification_rejects_a_wrong_preprocessing(tiny_model_dir: Path, tiny_r
         check_parity(proto, model, shifted, rows)
 
 
-def test_verification_rejects_a_graph_without_lstm(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("ops", "message"),
+    [
+        ({"Conv", "MatMul", "Sigmoid"}, "no ONNX LSTM"),
+        ({"LSTM", "Loop"}, "Loop"),
+        ({"Scan", "MatMul"}, "no ONNX LSTM"),
+    ],
+)
+def test_op_check_refuses_graphs_without_a_real_lstm(ops: set[str], message: str) -> None:
+    with pytest.raises(VerificationError, match=message):
+        check_ops(ops)
+
+
+def test_graph_check_refuses_another_opset(tiny_model_dir: Path) -> None:
     proto = onnx.load(tiny_model_dir / MODEL_FILE)
-    for node in proto.graph.node:
-        if node.op_type == "LSTM":
-            proto.graph.node.remove(node)
-            break
-    with pytest.raises(Exception):  # noqa: B017 - onnx.checker or our own check, either way refused
+    check_graph(proto)  # as exported: passes
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = 18
+    with pytest.raises(VerificationError, match="opset"):
         check_graph(proto)
 
 

@@ -49,34 +49,46 @@ def test_missing_folder_is_refused(tmp_path: Path) -> None:
         OnnxScorer.load(tmp_path / "nothing")
 
 
-def test_missing_metadata_is_refused(model_copy: Path) -> None:
-    proto = onnx.load(model_copy / "model.onnx")
-    kept = [p for p in proto.metadata_props if p.key != "feature_names"]
+def edit_metadata(model_dir: Path, changes: dict[str, str | None]) -> None:
+    """Set (or, with None, drop) metadata entries and re-sign the manifest."""
+    proto = onnx.load(model_dir / "model.onnx")
+    entries = {p.key: p.value for p in proto.metadata_props}
+    for key, value in changes.items():
+        if value is None:
+            entries.pop(key)
+        else:
+            entries[key] = value
     del proto.metadata_props[:]
-    proto.metadata_props.extend(kept)
-    rewrite(model_copy, proto)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    rewrite(model_dir, proto)
+
+
+def meta(model_dir: Path, key: str) -> list[object]:
+    proto = onnx.load(model_dir / "model.onnx")
+    return json.loads(next(p.value for p in proto.metadata_props if p.key == key))
+
+
+def test_missing_metadata_is_refused(model_copy: Path) -> None:
+    edit_metadata(model_copy, {"feature_names": None})
     with pytest.raises(ArtifactError, match="feature_names"):
         OnnxScorer.load(model_copy)
 
 
 def test_feature_count_mismatch_is_refused(model_copy: Path) -> None:
-    proto = onnx.load(model_copy / "model.onnx")
-    for prop in proto.metadata_props:
-        if prop.key == "feature_names":
-            prop.value = json.dumps(json.loads(prop.value)[:-1])
-        if prop.key in ("feature_mean", "feature_std"):
-            prop.value = json.dumps(json.loads(prop.value)[:-1])
-    rewrite(model_copy, proto)
+    edit_metadata(
+        model_copy,
+        {
+            key: json.dumps(meta(model_copy, key)[:-1])
+            for key in ("feature_names", "feature_mean", "feature_std")
+        },
+    )
     with pytest.raises(ArtifactError, match="features"):
         OnnxScorer.load(model_copy)
 
 
 def test_thresholds_out_of_order_are_refused(model_copy: Path) -> None:
-    proto = onnx.load(model_copy / "model.onnx")
-    for prop in proto.metadata_props:
-        if prop.key == "thresholds":
-            prop.value = json.dumps({"review": 0.9, "decline": 0.1})
-    rewrite(model_copy, proto)
+    edit_metadata(model_copy, {"thresholds": json.dumps({"review": 0.9, "decline": 0.1})})
     with pytest.raises(ArtifactError, match="thresholds"):
         OnnxScorer.load(model_copy)
 

@@ -20,7 +20,7 @@ def test_wrong_checksum_is_refused(tmp_path: Path) -> None:
 def test_wrong_row_count_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = tmp_path / "creditcard.csv"
     fake.write_text("Time,Class\n0,0\n")
-    monkeypatch.setattr(fetch_creditcard, "MD5", fetch_creditcard.md5_of(fake))
+    monkeypatch.setattr(fetch_creditcard, "MD5", fetch_creditcard.file_digest(fake, "md5"))
     with pytest.raises(FetchError, match="rows"):
         verify(fake)
 
