@@ -6,6 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_DIR ?= models/creditcard/1
 RUN_DIR ?= runs/creditcard
+# The shipped model's seed: of seeds 1, 2, 3, 4 and 42 it had the best validation
+# average precision (the test period played no part in the choice).
+TRAIN_SEED ?= 3
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
@@ -42,10 +45,12 @@ data/creditcard.csv:
 	$(PYTHON) -m training.fetch_creditcard --dest $@
 
 train: $(VENV)/.installed data
-	$(VENV)/bin/python -m training --data creditcard --csv data/creditcard.csv --out $(RUN_DIR)
+	$(VENV)/bin/python -m training --data creditcard --csv data/creditcard.csv --out $(RUN_DIR) \
+		--seed $(TRAIN_SEED)
 
+# Writes the next version; `make export EXPORT_FLAGS="--version 1 --force"` rewrites one.
 export: $(VENV)/.installed
-	$(VENV)/bin/python -m export --run $(RUN_DIR) --out models
+	$(VENV)/bin/python -m export --run $(RUN_DIR) --out models $(EXPORT_FLAGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
