@@ -17,12 +17,50 @@ import numpy as np
 
 from training import train as run_files
 
+# Sample rows of the test period, written beside the model card.
+SAMPLES_FILE = "samples.json"
 CARD_FILES = (
     run_files.METRICS_FILE,
     run_files.CURVES_FILE,
     run_files.CONFIG_FILE,
     run_files.DATA_FILE,
 )
+
+
+def pick_samples(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    names: tuple[str, ...],
+    frauds: int = 16,
+    legitimate: int = 48,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Real rows from the test period, for load tests and for trying the model by hand."""
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == 1), min(frauds, int(labels.sum())), replace=False),
+            rng.choice(np.flatnonzero(labels == 0), legitimate, replace=False),
+        ]
+    )
+    chosen.sort()
+    return {
+        "feature_names": list(names),
+        # str() of a float32 is its shortest exact form: 0.9086366, not 0.9086365699768066.
+        "rows": [
+            {"features": [float(str(v)) for v in rows[i]], "fraud": bool(labels[i])} for i in chosen
+        ],
+    }
+
+
+def dump_samples(samples: dict[str, object]) -> str:
+    """JSON with one row per line: readable, and small diffs between versions."""
+    rows = samples["rows"]
+    assert isinstance(rows, list)
+    lines = ",\n".join("  " + json.dumps(row) for row in rows)
+    return (
+        f'{{"feature_names": {json.dumps(samples["feature_names"])},\n "rows": [\n{lines}\n ]}}\n'
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +91,8 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
     data = json.loads((run / run_files.DATA_FILE).read_text())
     prep = Preprocessing.load(run / run_files.PREPROCESSING_FILE)
     model = keras.saving.load_model(run / run_files.MODEL_FILE)
-    test_rows = np.load(run / run_files.TEST_ROWS_FILE)["features"]
+    test_file = np.load(run / run_files.TEST_ROWS_FILE)
+    test_rows, test_labels = test_file["features"], test_file["labels"]
 
     name = config["model_name"]
     version = version or next_version(out / name)
@@ -93,6 +132,8 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
     staging.chmod(0o755)
     (staging / MODEL_FILE).write_bytes(model_bytes)
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    samples = pick_samples(test_rows, test_labels, prep.feature_names)
+    (staging / SAMPLES_FILE).write_text(dump_samples(samples))
     for card in CARD_FILES:
         shutil.copy(run / card, staging / card)
     if target.exists():

@@ -31,6 +31,7 @@ def test_writes_model_manifest_and_card(tiny_model_dir: Path) -> None:
         "curves.png",
         "config.json",
         "data.json",
+        "samples.json",
     } <= names
     manifest = json.loads((tiny_model_dir / MANIFEST_FILE).read_text())
     data = (tiny_model_dir / MODEL_FILE).read_bytes()
@@ -139,3 +140,15 @@ def test_existing_version_is_not_overwritten(tiny_run: Path, tiny_model_dir: Pat
         main(["--run", str(tiny_run), "--out", str(tiny_model_dir.parent.parent), "--version", "1"])
         == 1
     )
+
+
+def test_samples_are_real_test_rows(tiny_model_dir: Path, tiny_run: Path) -> None:
+    samples = json.loads((tiny_model_dir / "samples.json").read_text())
+    test = np.load(tiny_run / "test_rows.npz")
+    assert samples["feature_names"] == list(
+        Preprocessing.load(tiny_run / "preprocessing.json").feature_names
+    )
+    assert any(r["fraud"] for r in samples["rows"]) and not all(r["fraud"] for r in samples["rows"])
+    for row in samples["rows"]:
+        match = np.flatnonzero((test["features"] == np.float32(row["features"])).all(axis=1))
+        assert len(match) >= 1 and bool(test["labels"][match[0]]) == row["fraud"]
