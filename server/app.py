@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.auth import ApiKeyGuard
+from server.batching import Batcher, InlineRunner
 from server.endpoints import Endpoints, JSONResponse, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError
 from server.scorer import OnnxScorer, Scorer
@@ -52,12 +53,23 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(ServingError("internal error").to_body(), status_code=500)
 
 
+def make_runner(scorer: Scorer, settings: Settings) -> Batcher | InlineRunner:
+    if settings.inline_inference:
+        return InlineRunner(scorer.predict)
+    return Batcher(
+        scorer.predict,
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        max_delay_s=settings.max_queue_delay_us / 1e6,
+    )
+
+
 def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> Starlette:
     settings = settings if settings is not None else Settings.from_env()
     keys = settings.resolved_api_keys()
     guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
     state = ServerState()
-    endpoints = Endpoints(state, guard, settings.max_body_bytes)
+    endpoints = Endpoints(state, guard, settings.max_body_bytes, settings.max_batch_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,9 +81,16 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
             loaded = await anyio.to_thread.run_sync(
                 OnnxScorer.load, settings.model_dir, settings.intra_op_threads
             )
-        state.service = ScoringService(
-            loaded, settings.review_threshold, settings.decline_threshold
+        runner = make_runner(loaded, settings)
+        service = ScoringService(
+            loaded,
+            runner,
+            settings.review_threshold,
+            settings.decline_threshold,
+            settings.max_batch_items,
         )
+        runner.start()
+        state.service = service
         info = loaded.info
         logger.info(
             "serving model %s version %s (%d features, sha256 %s)",
@@ -82,12 +101,14 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         )
         yield
         state.service = None
+        runner.close()
 
     routes = [
         Route("/v1/health/live", endpoints.live, methods=["GET"]),
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
         Route("/v1/score", endpoints.score, methods=["POST"]),
+        Route("/v1/score/batch", endpoints.score_batch, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,

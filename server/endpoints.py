@@ -63,10 +63,13 @@ def require_json(request: Request) -> None:
 
 
 class Endpoints:
-    def __init__(self, state: ServerState, guard: ApiKeyGuard, max_body_bytes: int) -> None:
+    def __init__(
+        self, state: ServerState, guard: ApiKeyGuard, max_body_bytes: int, max_batch_body_bytes: int
+    ) -> None:
         self.state = state
         self.guard = guard
         self.max_body_bytes = max_body_bytes
+        self.max_batch_body_bytes = max_batch_body_bytes
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"status": "live"})
@@ -87,4 +90,11 @@ class Endpoints:
         service = self.state.ready_service()
         require_json(request)
         payload = parse_json(await read_body(request, self.max_body_bytes))
-        return JSONResponse(service.score(payload))
+        return JSONResponse(await service.score(payload))
+
+    async def score_batch(self, request: Request) -> Response:
+        self.guard.check(request.headers.get(HEADER))
+        service = self.state.ready_service()
+        require_json(request)
+        payload = parse_json(await read_body(request, self.max_batch_body_bytes))
+        return JSONResponse(await service.score_batch(payload))

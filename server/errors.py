@@ -84,6 +84,13 @@ class NotReady(ServingError):
     code = "not_ready"
 
 
+class Overloaded(ServingError):
+    """The inference queue is full: shed the request at once."""
+
+    status_code = 503
+    code = "overloaded"
+
+
 class ModelFailure(ServingError):
     status_code = 500
     code = "model_error"

@@ -131,18 +131,45 @@ def parse_features(value: Any, names: tuple[str, ...], field: str = "features") 
     )
 
 
-def parse_score_request(payload: Any, names: tuple[str, ...]) -> ScoreRequest:
+def parse_score_request(payload: Any, names: tuple[str, ...], where: str = "") -> ScoreRequest:
+    """One transaction; `where` prefixes field names ("transactions[3].") inside a batch."""
+    if type(payload) is not dict:
+        raise InvalidRequest(
+            f"expected a JSON object, got {_json_type(payload)}", field=where.rstrip(".") or None
+        )
+    for key in payload:
+        if key not in SCORE_FIELDS:
+            raise InvalidRequest(f"unknown field {shown(key)}", field=where + key[:40])
+    if "features" not in payload:
+        raise InvalidRequest("features is required", field=where + "features")
+    return ScoreRequest(
+        transaction_id=parse_transaction_id(
+            payload.get("transaction_id"), where + "transaction_id"
+        ),
+        features=parse_features(payload["features"], names, where + "features"),
+    )
+
+
+def parse_batch_request(payload: Any, names: tuple[str, ...], max_items: int) -> list[ScoreRequest]:
     if type(payload) is not dict:
         raise InvalidRequest(f"the body must be a JSON object, got {_json_type(payload)}")
     for key in payload:
-        if key not in SCORE_FIELDS:
+        if key != "transactions":
             raise InvalidRequest(f"unknown field {shown(key)}", field=key[:40])
-    if "features" not in payload:
-        raise InvalidRequest("features is required", field="features")
-    return ScoreRequest(
-        transaction_id=parse_transaction_id(payload.get("transaction_id"), "transaction_id"),
-        features=parse_features(payload["features"], names),
-    )
+    items = payload.get("transactions")
+    if type(items) is not list:
+        raise InvalidRequest("transactions must be an array of transactions", field="transactions")
+    if not 1 <= len(items) <= max_items:
+        raise InvalidRequest(
+            f"transactions must hold 1 to {max_items} items, got {len(items)}", field="transactions"
+        )
+    requests = []
+    for index, item in enumerate(items):
+        try:
+            requests.append(parse_score_request(item, names, f"transactions[{index}]."))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"transaction {index}: {exc.message}", field=exc.field) from None
+    return requests
 
 
 def _json_type(value: Any) -> str:

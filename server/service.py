@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from server.batching import Batcher, InlineRunner
 from server.errors import ModelFailure, SettingsError
-from server.payloads import parse_score_request
+from server.payloads import ScoreRequest, parse_batch_request, parse_score_request
 from server.scorer import Scorer
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -20,11 +21,15 @@ class ScoringService:
     def __init__(
         self,
         scorer: Scorer,
+        runner: Batcher | InlineRunner,
         review_threshold: float | None = None,
         decline_threshold: float | None = None,
+        max_batch_items: int = 1000,
     ) -> None:
         self.scorer = scorer
+        self.runner = runner
         self.info = scorer.info
+        self.max_batch_items = max_batch_items
         # Settings override the thresholds chosen on validation at training time.
         self.review_threshold = (
             self.info.review_threshold if review_threshold is None else review_threshold
@@ -45,17 +50,31 @@ class ScoringService:
             return REVIEW
         return APPROVE
 
-    def score(self, payload: Any) -> dict[str, Any]:
+    async def score(self, payload: Any) -> dict[str, Any]:
         request = parse_score_request(payload, self.info.feature_names)
-        row = np.asarray([request.features], dtype=np.float32)
-        try:
-            probability = float(self.scorer.predict(row)[0])
-        except Exception as exc:
-            # Details are for operators: clients learn only that the model, not their input, failed.
-            logger.exception("model %s failed to score a row", self.info.version)
-            raise ModelFailure("the model failed to score this request") from exc
-        if not 0.0 <= probability <= 1.0:  # also false for NaN
+        probabilities = await self._predict([request])
+        return self._result(request, float(probabilities[0]))
+
+    async def score_batch(self, payload: Any) -> dict[str, Any]:
+        requests = parse_batch_request(payload, self.info.feature_names, self.max_batch_items)
+        probabilities = await self._predict(requests)
+        return {
+            "results": [
+                self._result(r, float(p))
+                for r, p in zip(requests, probabilities.tolist(), strict=True)
+            ]
+        }
+
+    async def _predict(self, requests: list[ScoreRequest]) -> np.ndarray:
+        rows = np.asarray([r.features for r in requests], dtype=np.float32)
+        probabilities = await self.runner.predict(rows)
+        # Also false for NaN: a broken model must not pass as a decision.
+        if not np.all((probabilities >= 0.0) & (probabilities <= 1.0)):
+            logger.error("model %s returned values outside [0, 1]", self.info.version)
             raise ModelFailure("the model returned a value that is not a probability")
+        return probabilities
+
+    def _result(self, request: ScoreRequest, probability: float) -> dict[str, Any]:
         return {
             "transaction_id": request.transaction_id,
             "fraud_probability": probability,

@@ -31,12 +31,34 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     # onnxruntime threads per session; one suits a tiny model on a busy server.
     intra_op_threads: int = 1
+    # Micro-batching: the inference thread takes up to this many waiting rows per
+    # session.run (1 = one request per run).
+    max_batch: int = 64
+    # How long the inference thread may wait for more rows once one arrived, in
+    # microseconds. 0: never make a request wait for company.
+    max_queue_delay_us: int = 0
+    # Requests waiting for the model beyond this many get 503 at once.
+    max_queue: int = 1024
+    # Run the model on the event loop, without queue or thread (for comparison).
+    inline_inference: bool = False
+    # POST /v1/score/batch: most transactions, and largest body, per request.
+    max_batch_items: int = 1000
+    max_batch_body_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
             raise SettingsError("FRAUD_MAX_BODY_BYTES must be positive")
-        if self.intra_op_threads < 1:
-            raise SettingsError("FRAUD_INTRA_OP_THREADS must be at least 1")
+        for name in (
+            "intra_op_threads",
+            "max_batch",
+            "max_queue",
+            "max_batch_items",
+            "max_batch_body_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not 0 <= self.max_queue_delay_us <= 1_000_000:
+            raise SettingsError(f"{PREFIX}MAX_QUEUE_DELAY_US must be within [0, 1000000]")
         for name in ("review_threshold", "decline_threshold"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -57,12 +79,21 @@ class Settings:
             values["api_keys"] = tuple(k.strip() for k in keys.split(",") if k.strip())
         if key_file := get("API_KEY_FILE"):
             values["api_key_file"] = Path(key_file)
-        if (insecure := get("INSECURE_DISABLE_AUTH")) is not None:
-            values["insecure_disable_auth"] = parse_bool("INSECURE_DISABLE_AUTH", insecure)
+        for name in ("INSECURE_DISABLE_AUTH", "INLINE_INFERENCE"):
+            if (flag := get(name)) is not None:
+                values[name.lower()] = parse_bool(name, flag)
         for name in ("REVIEW_THRESHOLD", "DECLINE_THRESHOLD"):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, float)
-        for name in ("MAX_BODY_BYTES", "INTRA_OP_THREADS"):
+        for name in (
+            "MAX_BODY_BYTES",
+            "INTRA_OP_THREADS",
+            "MAX_BATCH",
+            "MAX_QUEUE_DELAY_US",
+            "MAX_QUEUE",
+            "MAX_BATCH_ITEMS",
+            "MAX_BATCH_BODY_BYTES",
+        ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)
         return cls(**values)  # type: ignore[arg-type]

@@ -44,3 +44,39 @@ def test_original_plain_form_still_works(live_server: LiveServer, tiny_run: Path
         answer = client.post("/v1/score", json={"features": [float(v) for v in row]}).json()
     assert set(answer) == {"transaction_id", "fraud_probability", "decision", "model_version"}
     assert answer["transaction_id"] is None
+
+
+def test_batch_endpoint_matches_single_scores(live_server: LiveServer, tiny_run: Path) -> None:
+    rows = np.load(tiny_run / "test_rows.npz")["features"][:50]
+    items = [
+        {"transaction_id": f"b-{i}", "features": [float(v) for v in r]} for i, r in enumerate(rows)
+    ]
+    with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+        batch = client.post("/v1/score/batch", json={"transactions": items}).json()["results"]
+        singles = [client.post("/v1/score", json=item).json() for item in items]
+    assert batch == singles
+
+
+def test_concurrent_requests_are_answered_correctly(
+    live_server: LiveServer, tiny_model_dir: Path, tiny_run: Path
+) -> None:
+    """Many requests at once go through the batcher; each gets its own row's score."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = np.load(tiny_run / "test_rows.npz")["features"][:200]
+    direct = (
+        ort.InferenceSession(str(tiny_model_dir / "model.onnx"))
+        .run(None, {"features": rows})[0]
+        .ravel()
+    )
+
+    def score(i: int) -> tuple[int, float]:
+        with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+            body = {"transaction_id": str(i), "features": [float(v) for v in rows[i]]}
+            answer = client.post("/v1/score", json=body).json()
+            return int(answer["transaction_id"]), answer["fraud_probability"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(score, range(len(rows))))
+    for i, probability in answers:
+        assert abs(probability - float(direct[i])) <= 1e-6

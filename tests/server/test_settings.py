@@ -14,6 +14,8 @@ def test_defaults_need_no_environment() -> None:
     assert settings.api_keys == ()
     assert settings.max_body_bytes == 64 * 1024
     assert settings.intra_op_threads == 1
+    assert (settings.max_batch, settings.max_queue_delay_us, settings.max_queue) == (64, 0, 1024)
+    assert not settings.inline_inference
 
 
 def test_reads_every_variable() -> None:
@@ -27,6 +29,12 @@ def test_reads_every_variable() -> None:
             "FRAUD_DECLINE_THRESHOLD": "0.8",
             "FRAUD_MAX_BODY_BYTES": "1000",
             "FRAUD_INTRA_OP_THREADS": "2",
+            "FRAUD_MAX_BATCH": "16",
+            "FRAUD_MAX_QUEUE_DELAY_US": "250",
+            "FRAUD_MAX_QUEUE": "99",
+            "FRAUD_INLINE_INFERENCE": "true",
+            "FRAUD_MAX_BATCH_ITEMS": "50",
+            "FRAUD_MAX_BATCH_BODY_BYTES": "4096",
             "OTHER_VARIABLE": "ignored",
         }
     )
@@ -39,6 +47,12 @@ def test_reads_every_variable() -> None:
         decline_threshold=0.8,
         max_body_bytes=1000,
         intra_op_threads=2,
+        max_batch=16,
+        max_queue_delay_us=250,
+        max_queue=99,
+        inline_inference=True,
+        max_batch_items=50,
+        max_batch_body_bytes=4096,
     )
 
 
@@ -52,6 +66,11 @@ def test_keys_are_not_in_the_repr() -> None:
         {"FRAUD_MAX_BODY_BYTES": "lots"},
         {"FRAUD_MAX_BODY_BYTES": "0"},
         {"FRAUD_INTRA_OP_THREADS": "0"},
+        {"FRAUD_MAX_BATCH": "0"},
+        {"FRAUD_MAX_QUEUE": "-1"},
+        {"FRAUD_MAX_QUEUE_DELAY_US": "-5"},
+        {"FRAUD_MAX_BATCH_ITEMS": "0"},
+        {"FRAUD_INLINE_INFERENCE": "sometimes"},
         {"FRAUD_REVIEW_THRESHOLD": "1.5"},
         {"FRAUD_DECLINE_THRESHOLD": "-0.1"},
         {"FRAUD_DECLINE_THRESHOLD": "high"},

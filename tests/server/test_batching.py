@@ -1,0 +1,167 @@
+"""The batcher alone: coalescing, bounds, shedding, failure isolation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from server.batching import Batcher
+from server.errors import ModelFailure, NotReady, Overloaded
+
+
+class GatedModel:
+    """Sums each row; the first call waits for `release` so work piles up behind it."""
+
+    def __init__(self, fail_on: float | None = None) -> None:
+        self.release = threading.Event()
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if not self.batches:
+            self.release.wait(timeout=5)
+        self.batches.append(len(rows))
+        if self.fail_on is not None and np.any(rows == self.fail_on):
+            raise RuntimeError("poisoned row")
+        return rows.sum(axis=1)
+
+
+def row(value: float) -> np.ndarray:
+    return np.full((1, 3), value, dtype=np.float32)
+
+
+async def settle() -> None:
+    """Let submitted coroutines reach the queue."""
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+def test_waiting_requests_share_one_run_and_get_their_own_answers() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        batcher = Batcher(model, max_batch=64)
+        batcher.start()
+        first = asyncio.create_task(batcher.predict(row(0)))
+        await settle()  # the thread now holds the first row, blocked in the model
+        rest = [asyncio.create_task(batcher.predict(row(i))) for i in range(1, 11)]
+        await settle()
+        assert batcher.queue_depth() == 10
+        model.release.set()
+        results = await asyncio.gather(first, *rest)
+        batcher.close()
+        assert model.batches == [1, 10]
+        assert [float(r[0]) for r in results] == [3.0 * i for i in range(11)]
+
+    asyncio.run(scenario())
+
+
+def test_batches_never_exceed_max_batch() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        batcher = Batcher(model, max_batch=4)
+        batcher.start()
+        first = asyncio.create_task(batcher.predict(row(0)))
+        await settle()
+        rest = [asyncio.create_task(batcher.predict(row(i))) for i in range(1, 11)]
+        await settle()
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        batcher.close()
+        assert model.batches == [1, 4, 4, 2]
+
+    asyncio.run(scenario())
+
+
+def test_a_large_request_runs_whole_on_its_own() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        model.release.set()
+        batcher = Batcher(model, max_batch=4)
+        batcher.start()
+        result = await batcher.predict(np.ones((10, 3), dtype=np.float32))
+        batcher.close()
+        assert model.batches == [10] and result.tolist() == [3.0] * 10
+
+    asyncio.run(scenario())
+
+
+def test_full_queue_sheds_at_once() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        batcher = Batcher(model, max_batch=64, max_queue=3)
+        batcher.start()
+        first = asyncio.create_task(batcher.predict(row(0)))
+        await settle()
+        queued = [asyncio.create_task(batcher.predict(row(i))) for i in range(3)]
+        await settle()
+        with pytest.raises(Overloaded) as shed:
+            await asyncio.wait_for(batcher.predict(row(9)), timeout=0.5)
+        assert shed.value.status_code == 503 and shed.value.headers["Retry-After"] == "1"
+        model.release.set()
+        await asyncio.gather(first, *queued)  # the queued ones are still served
+        batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_only_its_own_waiters() -> None:
+    async def scenario() -> None:
+        model = GatedModel(fail_on=7.0)
+        batcher = Batcher(model, max_batch=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.predict(row(0)))
+        await settle()
+        tasks = [asyncio.create_task(batcher.predict(row(v))) for v in (1, 7, 2, 3)]
+        await settle()
+        model.release.set()
+        results = await asyncio.gather(first, *tasks, return_exceptions=True)
+        batcher.close()
+        assert model.batches == [1, 2, 2]
+        assert isinstance(results[1], ModelFailure) and isinstance(results[2], ModelFailure)
+        assert results[1] is not results[2]
+        assert [float(r[0]) for r in (results[0], results[3], results[4])] == [0.0, 6.0, 9.0]
+        assert "poisoned" not in results[1].message
+
+    asyncio.run(scenario())
+
+
+def test_queue_delay_gathers_a_fuller_batch() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        model.release.set()
+        batcher = Batcher(model, max_batch=4, max_delay_s=0.5)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(*(batcher.predict(row(i)) for i in range(4)))
+        batcher.close()
+        assert model.batches == [4]  # waited for company instead of running one row
+        assert loop.time() - started < 0.5  # and stopped waiting once the batch was full
+        assert len(results) == 4
+
+    asyncio.run(scenario())
+
+
+def test_close_fails_the_waiting_and_refuses_new_work() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        batcher = Batcher(model, max_batch=1)
+        batcher.start()
+        first = asyncio.create_task(batcher.predict(row(0)))
+        await settle()
+        waiting = asyncio.create_task(batcher.predict(row(1)))
+        await settle()
+        closer = asyncio.get_running_loop().run_in_executor(None, batcher.close)
+        await settle()
+        model.release.set()
+        await closer
+        assert float((await first)[0]) == 0.0  # the running batch finished
+        with pytest.raises(NotReady):
+            await waiting
+        with pytest.raises(NotReady):
+            await batcher.predict(row(2))
+
+    asyncio.run(scenario())
