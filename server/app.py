@@ -6,6 +6,7 @@ FRAUD_* environment variables.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,13 +14,14 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from server.auth import ApiKeyGuard
-from server.batching import Batcher, InlineRunner
-from server.endpoints import Endpoints, JSONResponse, ServerState
+from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
+from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
@@ -53,10 +55,11 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(ServingError("internal error").to_body(), status_code=500)
 
 
-def make_runner(scorer: Scorer, settings: Settings) -> Batcher | InlineRunner:
-    if settings.inline_inference:
+def make_runner(scorer: Scorer, settings: Settings) -> Runner:
+    if settings.inference_mode == "inline":
         return InlineRunner(scorer.predict)
-    return Batcher(
+    runner = Batcher if settings.inference_mode == "thread" else LoopBatcher
+    return runner(
         scorer.predict,
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
@@ -69,7 +72,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
     keys = settings.resolved_api_keys()
     guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
     state = ServerState()
-    endpoints = Endpoints(state, guard, settings.max_body_bytes, settings.max_batch_body_bytes)
+    endpoints = Endpoints(state, guard)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -90,6 +93,11 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
             settings.max_batch_items,
         )
         runner.start()
+        # Everything alive now lives as long as the process. Freezing it keeps the
+        # collector's full passes from walking ~10^5 start-up objects, which
+        # showed as ~25 ms stalls at p99 under load.
+        gc.collect()
+        gc.freeze()
         state.service = service
         info = loaded.info
         logger.info(
@@ -107,11 +115,18 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/v1/health/live", endpoints.live, methods=["GET"]),
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
-        Route("/v1/score", endpoints.score, methods=["POST"]),
-        Route("/v1/score/batch", endpoints.score_batch, methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
+        middleware=[
+            Middleware(
+                ScoringRoutes,
+                state=state,
+                guard=guard,
+                max_body_bytes=settings.max_body_bytes,
+                max_batch_body_bytes=settings.max_batch_body_bytes,
+            )
+        ],
         lifespan=lifespan,
         exception_handlers={
             ServingError: serving_error,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from server.batching import Batcher, InlineRunner
+from server.batching import Runner
 from server.errors import ModelFailure, SettingsError
 from server.payloads import ScoreRequest, parse_batch_request, parse_score_request
 from server.scorer import Scorer
@@ -21,7 +21,7 @@ class ScoringService:
     def __init__(
         self,
         scorer: Scorer,
-        runner: Batcher | InlineRunner,
+        runner: Runner,
         review_threshold: float | None = None,
         decline_threshold: float | None = None,
         max_batch_items: int = 1000,
@@ -69,7 +69,7 @@ class ScoringService:
         rows = np.asarray([r.features for r in requests], dtype=np.float32)
         probabilities = await self.runner.predict(rows)
         # Also false for NaN: a broken model must not pass as a decision.
-        if not np.all((probabilities >= 0.0) & (probabilities <= 1.0)):
+        if not (probabilities.min() >= 0.0 and probabilities.max() <= 1.0):
             logger.error("model %s returned values outside [0, 1]", self.info.version)
             raise ModelFailure("the model returned a value that is not a probability")
         return probabilities

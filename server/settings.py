@@ -12,6 +12,7 @@ from server.errors import SettingsError
 PREFIX = "FRAUD_"
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
+INFERENCE_MODES = ("loop", "thread", "inline")
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,10 @@ class Settings:
     max_queue_delay_us: int = 0
     # Requests waiting for the model beyond this many get 503 at once.
     max_queue: int = 1024
-    # Run the model on the event loop, without queue or thread (for comparison).
-    inline_inference: bool = False
+    # Where micro-batches run: "loop" (on the event loop, at its next turn),
+    # "thread" (on a dedicated inference thread), or "inline" (each request alone,
+    # at once, no queue: for comparison).
+    inference_mode: str = "loop"
     # POST /v1/score/batch: most transactions, and largest body, per request.
     max_batch_items: int = 1000
     max_batch_body_bytes: int = 1024 * 1024
@@ -57,6 +60,10 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.inference_mode not in INFERENCE_MODES:
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_MODE must be one of {', '.join(INFERENCE_MODES)}"
+            )
         if not 0 <= self.max_queue_delay_us <= 1_000_000:
             raise SettingsError(f"{PREFIX}MAX_QUEUE_DELAY_US must be within [0, 1000000]")
         for name in ("review_threshold", "decline_threshold"):
@@ -79,9 +86,10 @@ class Settings:
             values["api_keys"] = tuple(k.strip() for k in keys.split(",") if k.strip())
         if key_file := get("API_KEY_FILE"):
             values["api_key_file"] = Path(key_file)
-        for name in ("INSECURE_DISABLE_AUTH", "INLINE_INFERENCE"):
-            if (flag := get(name)) is not None:
-                values[name.lower()] = parse_bool(name, flag)
+        if (insecure := get("INSECURE_DISABLE_AUTH")) is not None:
+            values["insecure_disable_auth"] = parse_bool("INSECURE_DISABLE_AUTH", insecure)
+        if mode := get("INFERENCE_MODE"):
+            values["inference_mode"] = mode.lower()
         for name in ("REVIEW_THRESHOLD", "DECLINE_THRESHOLD"):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, float)

@@ -139,7 +139,9 @@ class BlockingScorer(FakeScorer):
 
 def test_a_full_queue_answers_503_at_once_not_a_hang() -> None:
     scorer = BlockingScorer()
-    app = create_app(Settings(api_keys=(KEY,), max_queue=2, max_batch=1), scorer=scorer)
+    # The thread runner: a stuck model there leaves the event loop free to shed.
+    settings = Settings(api_keys=(KEY,), max_queue=2, max_batch=1, inference_mode="thread")
+    app = create_app(settings, scorer=scorer)
 
     async def scenario() -> list[httpx2.Response]:
         async with app.router.lifespan_context(app):

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from server.batching import Batcher
+from server.batching import Batcher, LoopBatcher
 from server.errors import ModelFailure, NotReady, Overloaded
 
 
@@ -163,5 +163,83 @@ def test_close_fails_the_waiting_and_refuses_new_work() -> None:
             await waiting
         with pytest.raises(NotReady):
             await batcher.predict(row(2))
+
+    asyncio.run(scenario())
+
+
+class CountingModel:
+    def __init__(self, fail_on: float | None = None) -> None:
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.batches.append(len(rows))
+        if self.fail_on is not None and np.any(rows == self.fail_on):
+            raise RuntimeError("poisoned row")
+        return rows.sum(axis=1)
+
+
+def test_loop_batcher_coalesces_one_turn_of_requests() -> None:
+    async def scenario() -> None:
+        model = CountingModel()
+        batcher = LoopBatcher(model, max_batch=4)
+        results = await asyncio.gather(*(batcher.predict(row(i)) for i in range(10)))
+        assert model.batches == [4, 4, 2]
+        assert [float(r[0]) for r in results] == [3.0 * i for i in range(10)]
+        alone = await batcher.predict(row(5))  # an idle server: the next turn, alone
+        assert model.batches[-1] == 1 and float(alone[0]) == 15.0
+
+    asyncio.run(scenario())
+
+
+def test_loop_batcher_sheds_beyond_its_queue() -> None:
+    async def scenario() -> None:
+        model = CountingModel()
+        batcher = LoopBatcher(model, max_batch=64, max_queue=3)
+        results = await asyncio.gather(
+            *(batcher.predict(row(i)) for i in range(5)), return_exceptions=True
+        )
+        assert [type(r).__name__ for r in results] == [
+            "ndarray",
+            "ndarray",
+            "ndarray",
+            "Overloaded",
+            "Overloaded",
+        ]
+        assert model.batches == [3]
+
+    asyncio.run(scenario())
+
+
+def test_loop_batcher_failure_stays_in_its_batch() -> None:
+    async def scenario() -> None:
+        model = CountingModel(fail_on=7.0)
+        batcher = LoopBatcher(model, max_batch=2)
+        results = await asyncio.gather(
+            *(batcher.predict(row(v)) for v in (1, 7, 2, 3)), return_exceptions=True
+        )
+        assert model.batches == [2, 2]
+        assert all(isinstance(r, ModelFailure) for r in results[:2])
+        assert [float(r[0]) for r in results[2:]] == [6.0, 9.0]
+
+    asyncio.run(scenario())
+
+
+def test_loop_batcher_delay_and_close() -> None:
+    async def scenario() -> None:
+        model = CountingModel()
+        batcher = LoopBatcher(model, max_batch=3, max_delay_s=0.05)
+        first = asyncio.create_task(batcher.predict(row(1)))
+        await asyncio.sleep(0.01)
+        assert model.batches == []  # waiting for company, up to 50 ms
+        await asyncio.gather(first, batcher.predict(row(2)), batcher.predict(row(3)))
+        assert model.batches == [3]  # a full batch did not wait out the delay
+        waiting = asyncio.create_task(batcher.predict(row(4)))
+        await asyncio.sleep(0)
+        batcher.close()
+        with pytest.raises(NotReady):
+            await waiting
+        with pytest.raises(NotReady):
+            await batcher.predict(row(5))
 
     asyncio.run(scenario())

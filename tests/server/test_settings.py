@@ -15,7 +15,7 @@ def test_defaults_need_no_environment() -> None:
     assert settings.max_body_bytes == 64 * 1024
     assert settings.intra_op_threads == 1
     assert (settings.max_batch, settings.max_queue_delay_us, settings.max_queue) == (64, 0, 1024)
-    assert not settings.inline_inference
+    assert settings.inference_mode == "loop"
 
 
 def test_reads_every_variable() -> None:
@@ -32,7 +32,7 @@ def test_reads_every_variable() -> None:
             "FRAUD_MAX_BATCH": "16",
             "FRAUD_MAX_QUEUE_DELAY_US": "250",
             "FRAUD_MAX_QUEUE": "99",
-            "FRAUD_INLINE_INFERENCE": "true",
+            "FRAUD_INFERENCE_MODE": "Thread",
             "FRAUD_MAX_BATCH_ITEMS": "50",
             "FRAUD_MAX_BATCH_BODY_BYTES": "4096",
             "OTHER_VARIABLE": "ignored",
@@ -50,7 +50,7 @@ def test_reads_every_variable() -> None:
         max_batch=16,
         max_queue_delay_us=250,
         max_queue=99,
-        inline_inference=True,
+        inference_mode="thread",
         max_batch_items=50,
         max_batch_body_bytes=4096,
     )
@@ -70,7 +70,7 @@ def test_keys_are_not_in_the_repr() -> None:
         {"FRAUD_MAX_QUEUE": "-1"},
         {"FRAUD_MAX_QUEUE_DELAY_US": "-5"},
         {"FRAUD_MAX_BATCH_ITEMS": "0"},
-        {"FRAUD_INLINE_INFERENCE": "sometimes"},
+        {"FRAUD_INFERENCE_MODE": "gpu"},
         {"FRAUD_REVIEW_THRESHOLD": "1.5"},
         {"FRAUD_DECLINE_THRESHOLD": "-0.1"},
         {"FRAUD_DECLINE_THRESHOLD": "high"},
