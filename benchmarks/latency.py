@@ -8,8 +8,8 @@ Bodies are 256 rows drawn, with a fixed seed, from normal distributions with the
 mean and std in the model's ONNX metadata. Exits 1 if any answer is not 200 or its
 probability differs from the direct call's. Needs only the stdlib, numpy and onnxruntime.
 
-    make bench-latency      # runs .venv-serve/bin/python benchmarks/latency.py
-    .venv-serve/bin/python benchmarks/latency.py --requests 3000 --json latency.json
+    make bench-latency      # runs .venv-serve/bin/python -m benchmarks.latency
+    .venv-serve/bin/python -m benchmarks.latency --requests 3000 --json latency.json
 """
 
 from __future__ import annotations
@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import secrets
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.serving import ROOT, uvicorn_server
+
 DISTINCT_BODIES = 256
 READY_TIMEOUT_S = 30.0
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
@@ -78,48 +75,6 @@ def time_ort(
         session.run(outputs, feed)
         times[i] = time.perf_counter_ns() - start
     return times, expected
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(model_dir: Path, port: int, key: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
-    env |= {"FRAUD_MODEL_DIR": str(model_dir), "FRAUD_API_KEYS": key}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    command += ["--loop", "uvloop", "--http", "httptools"]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_ready(server: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"server exited with {server.returncode}:\n{log_path.read_text()}")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        try:
-            conn.request("GET", "/v1/health/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            conn.close()
-        time.sleep(0.05)
-    sys.exit(f"server not ready after {READY_TIMEOUT_S:.0f} s:\n{log_path.read_text()}")
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 def time_http(
@@ -190,25 +145,16 @@ def main() -> int:
 
     key = secrets.token_urlsafe(24)
     headers = {"Content-Type": "application/json", "X-API-Key": key}
-    port = free_port()
-    with tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log") as log:
-        log_path = Path(log.name)
-        server = start_server(model_dir, port, key, log)
-        try:
-            wait_ready(server, port, log_path)
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            deadline = time.perf_counter() + args.max_seconds
-            _, warm = time_http(conn, headers, bodies, args.warmup, deadline)
-            started = time.perf_counter()
-            http_ns, answers = time_http(conn, headers, bodies, args.requests, deadline)
-            elapsed = time.perf_counter() - started
-            conn.close()
-        except Exception:
-            print(f"server log:\n{log_path.read_text()}", file=sys.stderr)
-            raise
-        finally:
-            stop_server(server)
-        server_log = log_path.read_text()
+    env = {"FRAUD_MODEL_DIR": str(model_dir), "FRAUD_API_KEYS": key}
+    with uvicorn_server("server.app:create_app", env, timeout_s=READY_TIMEOUT_S) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        deadline = time.perf_counter() + args.max_seconds
+        _, warm = time_http(conn, headers, bodies, args.warmup, deadline)
+        started = time.perf_counter()
+        http_ns, answers = time_http(conn, headers, bodies, args.requests, deadline)
+        elapsed = time.perf_counter() - started
+        conn.close()
+        server_log = server.log_text()
 
     if not len(http_ns):
         sys.exit(f"time limit hit in warm-up, after {len(warm)} of {args.warmup} requests")

@@ -1,0 +1,1 @@
+"""Benchmarks and the load-test gate. Run as modules: python -m benchmarks.latency."""
