@@ -12,14 +12,14 @@ TRAIN_SEED ?= 3
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test data train export lint bench-latency clean
+.PHONY: serve test data train export lint gate bench bench-latency clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-serve.txt
 	touch $@
 
-$(VENV)/.installed: requirements-serve.txt requirements-train.txt requirements-dev.txt
+$(VENV)/.installed: requirements-serve.txt requirements-train.txt requirements-bench.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
@@ -57,9 +57,20 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy server
 
+# The CI latency gate: Locust at 500 requests/s for 30 s against the server from
+# the serving venv; fails on p99 > 10 ms, any failed request, or under 95 % of the rate.
+gate: $(VENV)/.installed $(SERVE_VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.gate
+
+# Side by side with wrk: a bare Starlette floor, this server, FastAPI+pydantic+ORT
+# and FastAPI+Keras, at concurrency 1, 8, 32 and 128. wrk is Debian's package.
+bench: $(VENV)/.installed $(SERVE_VENV)/.installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/python -m benchmarks.bench
+
 # Single-request latency at concurrency 1 against a real uvicorn, from the serving venv.
 bench-latency: $(SERVE_VENV)/.installed
-	$(SERVE_VENV)/bin/python benchmarks/latency.py
+	$(SERVE_VENV)/bin/python -m benchmarks.latency
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) runs .pytest_cache .mypy_cache .ruff_cache
