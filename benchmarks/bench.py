@@ -38,6 +38,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.serving import ROOT, uvicorn_server, wait_ready
+from server.scorer import session_options
 
 LUA = ROOT / "benchmarks/wrk_post.lua"
 TARGETS = {
@@ -84,13 +85,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_session(path: Path) -> ort.InferenceSession:
-    """A session configured as the server configures its own (server/scorer.py)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """A session configured exactly as the server configures its own."""
+    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def time_ort(session: ort.InferenceSession, name: str, rows: np.ndarray) -> dict[str, float]:

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.serving import ROOT, uvicorn_server
+from server.scorer import session_options
 
 DISTINCT_BODIES = 256
 READY_TIMEOUT_S = 30.0
@@ -46,13 +47,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_session(path: Path) -> ort.InferenceSession:
-    """A session configured as the server configures its own (server/scorer.py)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """A session configured exactly as the server configures its own."""
+    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def make_rows(meta: dict[str, str], seed: int) -> np.ndarray:
