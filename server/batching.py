@@ -11,8 +11,10 @@ queue: a request that finds the queue full gets 503 at once.
   waiting. onnxruntime releases the GIL inside `run`, so parsing overlaps with
   inference; this pays off with a heavier model or more cores.
 
-Both take at most `max_batch` rows per run, so an idle server answers a lone
-request at once and a busy one amortises the model call.
+Both put at most `max_batch` rows in one run, except that one request larger than
+that (a /v1/score/batch of many transactions) runs whole, on its own; the queue
+bound counts requests. An idle server answers a lone request at once and a busy
+one amortises the model call.
 """
 
 from __future__ import annotations
@@ -53,6 +55,23 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
+def run_model(predict: Predict, inputs: np.ndarray) -> np.ndarray:
+    """One score per input row, or ModelFailure: a wrong shape would hand scores to the
+    wrong requests, so it fails the batch like an exception does."""
+    try:
+        scores = np.asarray(predict(inputs)).reshape(-1)
+        if len(scores) != len(inputs):
+            raise ValueError(f"{len(scores)} scores for {len(inputs)} rows")
+    except Exception as exc:
+        logger.exception("the model failed on a batch of %d rows", len(inputs))
+        raise ModelFailure("the model failed to score this request") from exc
+    return scores
+
+
+def shutting_down() -> NotReady:
+    return NotReady("the server is shutting down", headers={"Retry-After": "1"})
+
+
 class InlineRunner:
     """No queue, no thread: the model runs on the event loop. For comparison only."""
 
@@ -69,11 +88,7 @@ class InlineRunner:
         return 0
 
     async def predict(self, rows: np.ndarray) -> np.ndarray:
-        try:
-            return self._predict(rows)
-        except Exception as exc:
-            logger.exception("the model failed on %d rows", len(rows))
-            raise ModelFailure("the model failed to score this request") from exc
+        return run_model(self._predict, rows)
 
 
 class LoopBatcher:
@@ -86,7 +101,8 @@ class LoopBatcher:
         self.max_delay_s = max_delay_s
         self._pending: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._pending_rows = 0
-        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_is_timer = False  # uvloop's timer handles are no asyncio.TimerHandle
         self._closed = False
         self._ran_recently = False  # the model ran in this turn of the loop or the last
 
@@ -100,14 +116,14 @@ class LoopBatcher:
         while self._pending:
             _, future = self._pending.popleft()
             if not future.done():
-                future.set_exception(NotReady("the server is shutting down"))
+                future.set_exception(shutting_down())
 
     def queue_depth(self) -> int:
         return len(self._pending)
 
     async def predict(self, rows: np.ndarray) -> np.ndarray:
         if self._closed:
-            raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+            raise shutting_down()
         if len(self._pending) >= self.max_queue:
             raise Overloaded(
                 "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
@@ -118,11 +134,7 @@ class LoopBatcher:
             # company (about 50 us here). Under load the model has always run in
             # the turn before, so at most the first request of a turn comes here.
             self._mark_run(loop)
-            try:
-                return self._predict(rows)
-            except Exception as exc:
-                logger.exception("the model failed on %d rows", len(rows))
-                raise ModelFailure("the model failed to score this request") from exc
+            return run_model(self._predict, rows)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append((rows, future))
         self._pending_rows += len(rows)
@@ -134,9 +146,11 @@ class LoopBatcher:
                 self._flush_handle = loop.call_soon(self._flush)
             else:
                 self._flush_handle = loop.call_later(self.max_delay_s, self._flush)
-        elif full and isinstance(self._flush_handle, asyncio.TimerHandle):
+                self._flush_is_timer = True
+        elif full and self._flush_is_timer:
             self._flush_handle.cancel()  # a full batch does not wait out the delay
             self._flush_handle = loop.call_soon(self._flush)
+            self._flush_is_timer = False
         return await future
 
     def _mark_run(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -149,6 +163,7 @@ class LoopBatcher:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._flush_is_timer = False
         if not self._pending:
             return
         self._mark_run(asyncio.get_running_loop())
@@ -160,11 +175,12 @@ class LoopBatcher:
         self._pending_rows -= rows
         if self._pending:  # more than one batch was waiting: the rest go next turn
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-        inputs = batch[0][0] if len(batch) == 1 else np.concatenate([r for r, _ in batch])
         try:
-            scores = self._predict(inputs)
-        except Exception:
-            logger.exception("the model failed on a batch of %d rows", len(inputs))
+            inputs = batch[0][0] if len(batch) == 1 else np.concatenate([r for r, _ in batch])
+            scores = run_model(self._predict, inputs)
+        except Exception as exc:
+            if not isinstance(exc, ModelFailure):
+                logger.exception("could not assemble a batch of %d requests", len(batch))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(ModelFailure("the model failed to score this request"))
@@ -208,7 +224,7 @@ class Batcher:
         future: asyncio.Future[np.ndarray] = loop.create_future()
         with self._wake:
             if self._closed:
-                raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+                raise shutting_down()
             if len(self._pending) >= self.max_queue:
                 # Shed load now rather than let every queued request grow late.
                 raise Overloaded(
@@ -227,7 +243,7 @@ class Batcher:
             if self._closed:
                 stranded = list(self._pending)
                 self._pending.clear()
-                _deliver(stranded, [NotReady("the server is shutting down") for _ in stranded])
+                _deliver(stranded, [shutting_down() for _ in stranded])
                 return None
             if self.max_delay_s > 0 and self._pending_rows < self.max_batch:
                 deadline = time.monotonic() + self.max_delay_s
@@ -247,11 +263,13 @@ class Batcher:
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
-            rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
             try:
-                scores = self._predict(rows)
-            except Exception:
-                logger.exception("the model failed on a batch of %d rows", len(rows))
+                rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
+                scores = run_model(self._predict, rows)
+            except Exception as exc:
+                # Nothing may escape: a dead inference thread would hang every later request.
+                if not isinstance(exc, ModelFailure):
+                    logger.exception("could not assemble a batch of %d requests", len(jobs))
                 _deliver(
                     jobs, [ModelFailure("the model failed to score this request") for _ in jobs]
                 )

@@ -90,6 +90,13 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+def route_path(scope: Scope) -> str:
+    """The path below the app's mount point: uvicorn's --root-path prefixes scope["path"]."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class ScoringRoutes:
     """POST /v1/score and /v1/score/batch; every other request goes on to `app`."""
 
@@ -110,7 +117,7 @@ class ScoringRoutes:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        route = self.routes.get(route_path(scope)) if scope["type"] == "http" else None
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -121,8 +128,9 @@ class ScoringRoutes:
                     f"{scope['method']} is not allowed on {scope['path']}",
                     headers={"Allow": "POST"},
                 )
-            # ASGI servers give lower-case names; a repeated header keeps its last value.
-            headers = dict(scope["headers"])
+            # ASGI servers give lower-case names. Reversed, so that a repeated header keeps
+            # its first value, as Starlette's Headers.get does on the other routes.
+            headers = dict(reversed(scope["headers"]))
             presented = headers.get(API_KEY)
             # Authenticate before reading anything, so strangers learn nothing from validation.
             self.guard.check(presented.decode("latin-1") if presented is not None else None)

@@ -75,10 +75,12 @@ def parse_json(body: bytes) -> Any:
     if colons and (type(value) is not dict or colons > len(value)) and colons > _count_pairs(value):
         try:
             _STRICT.decode(body.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:
-            if isinstance(exc, InvalidJSON):
-                raise
-            raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+        except InvalidJSON:
+            raise
+        except RecursionError:
+            raise InvalidJSON("the body nests too deeply") from None
+        except ValueError:
+            raise InvalidJSON("the body is not valid JSON") from None
     return value
 
 

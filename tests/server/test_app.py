@@ -192,3 +192,32 @@ def test_model_info_describes_the_model() -> None:
     assert info["name"] == "fake"
     assert info["features"] == ["amount", "hour", "distance"]
     assert info["thresholds"] == {"review": 0.5, "decline": 0.9}
+
+
+def test_scoring_works_below_a_root_path() -> None:
+    app = create_app(Settings(api_keys=(KEY,)), scorer=FakeScorer())
+    with TestClient(app, root_path="/fraud") as client:
+        response = client.post(
+            "/fraud/v1/score", json={"features": [0.2, 0, 0]}, headers={"X-API-Key": KEY}
+        )
+        ready = client.get("/fraud/v1/health/ready")
+    assert response.status_code == 200 and ready.status_code == 200
+
+
+def test_a_repeated_key_header_is_read_as_on_every_route() -> None:
+    """The first value counts, on the ASGI scoring route as on Starlette's."""
+    with make_client() as client:
+        for first, second, status in ((KEY, "bad", 200), ("bad", KEY, 403)):
+            headers = [("X-API-Key", first), ("X-API-Key", second)]
+            scored = client.post("/v1/score", json={"features": [0.2, 0, 0]}, headers=headers)
+            model = client.get("/v1/model", headers=headers)
+            assert scored.status_code == model.status_code == status
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD", "OPTIONS"])
+def test_other_methods_on_scoring_routes_are_405(method: str) -> None:
+    with make_client() as client:
+        for path in ("/v1/score", "/v1/score/batch"):
+            response = client.request(method, path, headers={"X-API-Key": KEY})
+            assert response.status_code == 405
+            assert response.headers["allow"] == "POST"

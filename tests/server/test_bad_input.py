@@ -384,3 +384,23 @@ def test_long_client_names_are_cut_short_in_errors(live_server: LiveServer) -> N
     error = response.json()["error"]
     assert response.status_code == 422
     assert len(error["message"]) < 100 and len(error["field"]) <= 40
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b'{"transactions": [', JSON, 400),
+        (b'{"transactions": [{"features": [NaN]}]}', JSON, 400),
+        (b'{"transactions": [{"features": [1]}]}', {**JSON, "Content-Type": "text/plain"}, 415),
+        (b'{"transactions": "all"}', JSON, 422),
+        (b'{"transactions": [{"features": [true]}]}', JSON, 422),
+        (b"[" * 1000 + b"]" * 1000, JSON, 422),
+    ],
+)
+def test_batch_endpoint_bad_input_is_4xx(
+    live_server: LiveServer, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    with live_server.client() as client:
+        response = client.post("/v1/score/batch", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert "code" in response.json()["error"]

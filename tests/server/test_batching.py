@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -243,5 +244,58 @@ def test_loop_batcher_delay_and_close() -> None:
             await waiting
         with pytest.raises(NotReady):
             await batcher.predict(row(5))
+
+    asyncio.run(scenario())
+
+
+def test_loop_batcher_under_uvloop_does_not_wait_out_the_delay_when_full() -> None:
+    import uvloop
+
+    async def scenario() -> float:
+        batcher = LoopBatcher(CountingModel(), max_batch=3, max_delay_s=0.5)
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.predict(row(i)) for i in range(3)))
+        return time.perf_counter() - started
+
+    assert uvloop.run(scenario()) < 0.25
+    assert asyncio.run(scenario()) < 0.25
+
+
+def test_multi_row_requests_get_their_own_slices() -> None:
+    async def scenario() -> None:
+        model = CountingModel()
+        batcher = LoopBatcher(model, max_batch=64)
+        sizes = (2, 1, 3, 1)
+        jobs = [np.full((n, 3), float(i), dtype=np.float32) for i, n in enumerate(sizes)]
+        await batcher.predict(row(0))  # make the next turn's requests queue together
+        results = await asyncio.gather(*(batcher.predict(j) for j in jobs))
+        assert [r.tolist() for r in results] == [[3.0 * i] * n for i, n in enumerate(sizes)]
+
+    asyncio.run(scenario())
+
+
+def wrong_shape(rows: np.ndarray) -> np.ndarray:
+    return np.repeat(rows.sum(axis=1), 2)  # two scores per row: would shift every answer
+
+
+@pytest.mark.parametrize("runner", ["loop", "thread", "inline"])
+def test_a_wrong_shaped_answer_fails_the_batch_and_the_runner_lives_on(runner: str) -> None:
+    from server.batching import InlineRunner
+
+    async def scenario() -> None:
+        calls: list[int] = []
+
+        def model(rows: np.ndarray) -> np.ndarray:
+            calls.append(len(rows))
+            return wrong_shape(rows) if len(calls) == 1 else rows.sum(axis=1)
+
+        batching = {"loop": LoopBatcher, "thread": Batcher}
+        batcher = batching[runner](model) if runner in batching else InlineRunner(model)
+        batcher.start()
+        with pytest.raises(ModelFailure):
+            await asyncio.wait_for(batcher.predict(row(1)), timeout=2)
+        again = await asyncio.wait_for(batcher.predict(row(2)), timeout=2)
+        batcher.close()
+        assert float(again[0]) == 6.0
 
     asyncio.run(scenario())
