@@ -91,7 +91,9 @@ class InlineRunner:
         return run_model(self._predict, rows)
 
 
-class LoopBatcher:
+class _BoundedQueue:
+    """What both batchers share: the bounds, the waiting jobs, and taking a batch of them."""
+
     def __init__(
         self, predict: Predict, max_batch: int = 64, max_queue: int = 1024, max_delay_s: float = 0.0
     ) -> None:
@@ -99,11 +101,44 @@ class LoopBatcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
-        self._pending: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
+        self._pending: deque[_Job] = deque()
         self._pending_rows = 0
+        self._closed = False
+
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def _admit(self, rows: np.ndarray, loop: asyncio.AbstractEventLoop) -> _Job:
+        if self._closed:
+            raise shutting_down()
+        if len(self._pending) >= self.max_queue:
+            # Shed load now rather than let every queued request grow late.
+            raise Overloaded(
+                "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
+            )
+        job = _Job(rows, loop.create_future(), loop)
+        self._pending.append(job)
+        self._pending_rows += len(rows)
+        return job
+
+    def _take_batch(self) -> list[_Job]:
+        """The oldest jobs, up to max_batch rows, and always at least one."""
+        jobs = [self._pending.popleft()]
+        rows = len(jobs[0].rows)
+        while self._pending and rows + len(self._pending[0].rows) <= self.max_batch:
+            jobs.append(self._pending.popleft())
+            rows += len(jobs[-1].rows)
+        self._pending_rows -= rows
+        return jobs
+
+
+class LoopBatcher(_BoundedQueue):
+    def __init__(
+        self, predict: Predict, max_batch: int = 64, max_queue: int = 1024, max_delay_s: float = 0.0
+    ) -> None:
+        super().__init__(predict, max_batch, max_queue, max_delay_s)
         self._flush_handle: asyncio.Handle | None = None
         self._flush_is_timer = False  # uvloop's timer handles are no asyncio.TimerHandle
-        self._closed = False
         self._ran_recently = False  # the model ran in this turn of the loop or the last
 
     def start(self) -> None:
@@ -114,30 +149,19 @@ class LoopBatcher:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         while self._pending:
-            _, future = self._pending.popleft()
+            future = self._pending.popleft().future
             if not future.done():
                 future.set_exception(shutting_down())
 
-    def queue_depth(self) -> int:
-        return len(self._pending)
-
     async def predict(self, rows: np.ndarray) -> np.ndarray:
-        if self._closed:
-            raise shutting_down()
-        if len(self._pending) >= self.max_queue:
-            raise Overloaded(
-                "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
-            )
         loop = asyncio.get_running_loop()
-        if not self._ran_recently and not self._pending and self.max_delay_s <= 0:
+        if not (self._ran_recently or self._pending or self._closed or self.max_delay_s > 0):
             # An idle server: answer now rather than wait a turn of the loop for
             # company (about 50 us here). Under load the model has always run in
             # the turn before, so at most the first request of a turn comes here.
             self._mark_run(loop)
             return run_model(self._predict, rows)
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append((rows, future))
-        self._pending_rows += len(rows)
+        job = self._admit(rows, loop)
         full = self._pending_rows >= self.max_batch
         if self._flush_handle is None:
             if full or self.max_delay_s <= 0:
@@ -151,7 +175,7 @@ class LoopBatcher:
             self._flush_handle.cancel()  # a full batch does not wait out the delay
             self._flush_handle = loop.call_soon(self._flush)
             self._flush_is_timer = False
-        return await future
+        return await job.future
 
     def _mark_run(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._ran_recently:
@@ -166,44 +190,26 @@ class LoopBatcher:
         self._flush_is_timer = False
         if not self._pending:
             return
-        self._mark_run(asyncio.get_running_loop())
-        batch = [self._pending.popleft()]
-        rows = len(batch[0][0])
-        while self._pending and rows + len(self._pending[0][0]) <= self.max_batch:
-            batch.append(self._pending.popleft())
-            rows += len(batch[-1][0])
-        self._pending_rows -= rows
+        loop = asyncio.get_running_loop()
+        self._mark_run(loop)
+        batch = self._take_batch()
         if self._pending:  # more than one batch was waiting: the rest go next turn
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-        try:
-            inputs = batch[0][0] if len(batch) == 1 else np.concatenate([r for r, _ in batch])
-            scores = run_model(self._predict, inputs)
-        except Exception as exc:
-            if not isinstance(exc, ModelFailure):
-                logger.exception("could not assemble a batch of %d requests", len(batch))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(ModelFailure("the model failed to score this request"))
-            return
-        start = 0
-        for job_rows, future in batch:
-            if not future.done():  # a cancelled request (client gone) needs no answer
-                future.set_result(scores[start : start + len(job_rows)])
-            start += len(job_rows)
+            self._flush_handle = loop.call_soon(self._flush)
+        for job, result in zip(batch, score_batch(self._predict, batch), strict=True):
+            if job.future.done():  # a cancelled request (client gone) needs no answer
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
 
 
-class Batcher:
+class Batcher(_BoundedQueue):
     def __init__(
         self, predict: Predict, max_batch: int = 64, max_queue: int = 1024, max_delay_s: float = 0.0
     ) -> None:
-        self._predict = predict
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.max_delay_s = max_delay_s
-        self._pending: deque[_Job] = deque()
-        self._pending_rows = 0
+        super().__init__(predict, max_batch, max_queue, max_delay_s)
         self._wake = threading.Condition()
-        self._closed = False
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
 
     def start(self) -> None:
@@ -216,27 +222,15 @@ class Batcher:
             self._wake.notify()
         self._thread.join(timeout=10)
 
-    def queue_depth(self) -> int:
-        return len(self._pending)
-
     async def predict(self, rows: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
         with self._wake:
-            if self._closed:
-                raise shutting_down()
-            if len(self._pending) >= self.max_queue:
-                # Shed load now rather than let every queued request grow late.
-                raise Overloaded(
-                    "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
-                )
-            self._pending.append(_Job(rows, future, loop))
-            self._pending_rows += len(rows)
+            job = self._admit(rows, loop)
             self._wake.notify()
-        return await future
+        return await job.future
 
     def _take(self) -> list[_Job] | None:
-        """Block until there is work; return up to max_batch rows of it (at least one job)."""
+        """Block until there is work and return a batch of it; None once closed."""
         with self._wake:
             while not self._pending and not self._closed:
                 self._wake.wait()
@@ -252,34 +246,32 @@ class Batcher:
                     if left <= 0:
                         break
                     self._wake.wait(left)
-            jobs = [self._pending.popleft()]
-            rows = len(jobs[0].rows)
-            while self._pending and rows + len(self._pending[0].rows) <= self.max_batch:
-                job = self._pending.popleft()
-                jobs.append(job)
-                rows += len(job.rows)
-            self._pending_rows -= rows
-            return jobs
+            return self._take_batch()
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
-            try:
-                rows = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
-                scores = run_model(self._predict, rows)
-            except Exception as exc:
-                # Nothing may escape: a dead inference thread would hang every later request.
-                if not isinstance(exc, ModelFailure):
-                    logger.exception("could not assemble a batch of %d requests", len(jobs))
-                _deliver(
-                    jobs, [ModelFailure("the model failed to score this request") for _ in jobs]
-                )
-                continue
-            results: list[np.ndarray | BaseException] = []
-            start = 0
-            for job in jobs:
-                results.append(scores[start : start + len(job.rows)])
-                start += len(job.rows)
-            _deliver(jobs, results)
+            _deliver(jobs, score_batch(self._predict, jobs))
+
+
+def score_batch(predict: Predict, jobs: list[_Job]) -> list[np.ndarray | BaseException]:
+    """Each job's slice of one model run, or for every job the error that failed it.
+
+    Nothing may escape: on the loop a lost error would leave requests waiting for
+    ever, and on the inference thread it would end the thread.
+    """
+    try:
+        inputs = jobs[0].rows if len(jobs) == 1 else np.concatenate([j.rows for j in jobs])
+        scores = run_model(predict, inputs)
+    except Exception as exc:
+        if not isinstance(exc, ModelFailure):
+            logger.exception("could not assemble a batch of %d requests", len(jobs))
+        return [ModelFailure("the model failed to score this request") for _ in jobs]
+    results: list[np.ndarray | BaseException] = []
+    start = 0
+    for job in jobs:
+        results.append(scores[start : start + len(job.rows)])
+        start += len(job.rows)
+    return results
 
 
 def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
