@@ -26,6 +26,7 @@ from server.errors import MethodNotAllowed, NotFound, ServingError
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
+from server.v2 import V2Endpoints
 
 # A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
     guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
     state = ServerState()
     endpoints = Endpoints(state, guard)
+    v2 = V2Endpoints(state, guard, settings.max_batch_body_bytes, settings.max_batch_items)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/v1/health/live", endpoints.live, methods=["GET"]),
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
+        *v2.routes(),
     ]
     return Starlette(
         routes=routes,

@@ -106,7 +106,7 @@ def _check_number(value: Any, field: str) -> float:
     return number
 
 
-def _all_valid(values: list[Any]) -> bool:
+def all_valid_numbers(values: list[Any]) -> bool:
     """The hot path: C-level passes over the values instead of a Python loop per value."""
     return (
         set(map(type, values)) <= NUMBER_TYPES
@@ -119,7 +119,7 @@ def parse_features(value: Any, names: tuple[str, ...], field: str = "features") 
     if type(value) is list:
         if len(value) != len(names):
             raise InvalidRequest(f"expected {len(names)} features, got {len(value)}", field=field)
-        if _all_valid(value):
+        if all_valid_numbers(value):
             return value
         # Something is wrong: find which value, for a precise error.
         return [_check_number(v, f"{field}[{i}]") for i, v in enumerate(value)]
@@ -135,7 +135,7 @@ def parse_features(value: Any, names: tuple[str, ...], field: str = "features") 
                 f"missing feature(s): {', '.join(missing)}", field=f"{field}.{missing[0]}"
             )
         ordered = [value[name] for name in names]
-        if _all_valid(ordered):
+        if all_valid_numbers(ordered):
             return ordered
         return [_check_number(value[name], f"{field}.{name}") for name in names]
     if value is None:

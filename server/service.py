@@ -66,7 +66,10 @@ class ScoringService:
         }
 
     async def _predict(self, requests: list[ScoreRequest]) -> np.ndarray:
-        rows = np.asarray([r.features for r in requests], dtype=np.float32)
+        return await self.predict_rows(np.asarray([r.features for r in requests], np.float32))
+
+    async def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Validated (rows, F) float32 features -> probabilities, through the shared batcher."""
         probabilities = await self.runner.predict(rows)
         # Also false for NaN: a broken model must not pass as a decision.
         if not (probabilities.min() >= 0.0 and probabilities.max() <= 1.0):

@@ -1,0 +1,152 @@
+"""The Open Inference Protocol (KServe v2) over REST, on the same service and batcher as /v1.
+
+Errors follow the protocol: `{"error": "<message>"}`; a request the service
+would answer with 422 is a 400 here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.auth import HEADER, ApiKeyGuard
+from server.endpoints import JSONResponse, ServerState
+from server.errors import BadRequest, NotFound, PayloadTooLarge, ServingError
+from server.service import ScoringService
+from server.tensors import encode_response, parse_infer_request, split_body
+
+SERVER_NAME = "fraud-scoring"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_data"]
+PLATFORM = "onnxruntime_onnx"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def v2_error(error: ServingError) -> Response:
+    status = 400 if error.status_code == 422 else error.status_code
+    return JSONResponse({"error": error.message}, status_code=status, headers=error.headers)
+
+
+class V2Endpoints:
+    def __init__(
+        self, state: ServerState, guard: ApiKeyGuard, max_body_bytes: int, max_rows: int
+    ) -> None:
+        self.state = state
+        self.guard = guard
+        self.max_body_bytes = max_body_bytes
+        self.max_rows = max_rows
+
+    def routes(self) -> list[Route]:
+        model = "/v2/models/{name}"
+        version = model + "/versions/{version}"
+        return [
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route(model, self.model_metadata, methods=["GET"]),
+            Route(version, self.model_metadata, methods=["GET"]),
+            Route(model + "/ready", self.model_ready, methods=["GET"]),
+            Route(version + "/ready", self.model_ready, methods=["GET"]),
+            Route(model + "/infer", self.infer, methods=["POST"]),
+            Route(version + "/infer", self.infer, methods=["POST"]),
+        ]
+
+    def model(self, request: Request) -> ScoringService:
+        """The service for the model and version in the path, or a v2 error."""
+        service = self.state.ready_service()
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        if name != service.info.name:
+            raise NotFound(f"unknown model {name!r}")
+        if version is not None and version != service.info.version:
+            raise NotFound(f"model {name!r} has no version {version!r}")
+        return service
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse(
+            {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+        )
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        try:
+            self.state.ready_service()
+        except ServingError as error:
+            return v2_error(error)
+        return JSONResponse({"ready": True})
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            info = self.model(request).info
+        except ServingError as error:
+            return v2_error(error)
+        return JSONResponse(
+            {
+                "name": info.name,
+                "versions": [info.version],
+                "platform": PLATFORM,
+                "inputs": [
+                    {
+                        "name": info.input_name,
+                        "datatype": "FP32",
+                        "shape": [-1, len(info.feature_names)],
+                    }
+                ],
+                "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, 1]}],
+            }
+        )
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self.model(request)
+        except ServingError as error:
+            return v2_error(error)
+        return JSONResponse({"name": request.path_params["name"], "ready": True})
+
+    async def infer(self, request: Request) -> Response:
+        try:
+            self.guard.check(request.headers.get(HEADER))
+            service = self.model(request)
+            body = await self.read_body(request)
+            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+            info = service.info
+            infer = parse_infer_request(
+                header,
+                binary,
+                info.input_name,
+                len(info.feature_names),
+                (info.output_name,),
+                self.max_rows,
+            )
+            probabilities = await service.predict_rows(infer.rows)
+        except ServingError as error:
+            return v2_error(error)
+        tensors = {info.output_name: np.asarray(probabilities).reshape(-1, 1)}
+        content, header_length = encode_response(info.name, info.version, infer, tensors)
+        if header_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(header_length)},
+        )
+
+    async def read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(f"the body is over the {self.max_body_bytes}-byte limit")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise PayloadTooLarge(f"the body is over the {self.max_body_bytes}-byte limit")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise BadRequest("the client closed the connection before sending the body") from None
+        return b"".join(chunks)
