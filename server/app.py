@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/v1/health/live", endpoints.live, methods=["GET"]),
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
+        Route("/v1/models", endpoints.models, methods=["GET"]),
         *v2.routes(),
     ]
     return Starlette(

@@ -46,6 +46,8 @@ class ModelInfo:
     feature_std: tuple[float, ...]
     created_at: str
     sha256: str
+    opset: int = 0  # from the manifest
+    runtime: str = ""  # the library that runs the model, with its version
 
 
 def read_model_bytes(model_dir: Path) -> tuple[bytes, dict[str, Any]]:

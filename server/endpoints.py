@@ -161,3 +161,8 @@ class Endpoints:
     async def model(self, request: Request) -> Response:
         self.guard.check(request.headers.get(HEADER))
         return JSONResponse(self.state.ready_service().describe())
+
+    async def models(self, request: Request) -> Response:
+        """Every model version served; one for now, the model repository adds more."""
+        self.guard.check(request.headers.get(HEADER))
+        return JSONResponse({"models": [self.state.ready_service().describe()]})

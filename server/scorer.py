@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Protocol
 
@@ -48,7 +49,11 @@ class OnnxScorer:
             )
         except Exception as exc:  # onnxruntime raises its own, unexported exception types
             raise ArtifactError(f"onnxruntime cannot load {model_dir}: {exc}") from exc
-        info = parse_metadata(session.get_modelmeta().custom_metadata_map, manifest["sha256"])
+        info = dataclasses.replace(
+            parse_metadata(session.get_modelmeta().custom_metadata_map, manifest["sha256"]),
+            opset=int(manifest.get("opset", 0)),
+            runtime=f"onnxruntime {ort.__version__}",
+        )
         inputs = session.get_inputs()
         if [i.name for i in inputs] != [info.input_name]:
             raise ArtifactError(

@@ -95,4 +95,6 @@ class ScoringService:
             "metrics": info.metrics,
             "created_at": info.created_at,
             "sha256": info.sha256,
+            "opset": info.opset,
+            "runtime": info.runtime,
         }

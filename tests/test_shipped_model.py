@@ -69,3 +69,5 @@ def test_shipped_model_card_files(scorer: OnnxScorer) -> None:
     assert (MODEL_DIR / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert scorer.info.feature_names == (*(f"V{i}" for i in range(1, 29)), "Amount")
     assert Path(MODEL_DIR / "model.onnx").stat().st_size < 1_000_000
+    assert scorer.info.opset == 17
+    assert scorer.info.runtime.startswith("onnxruntime 1.")

@@ -221,3 +221,13 @@ def test_other_methods_on_scoring_routes_are_405(method: str) -> None:
             response = client.request(method, path, headers={"X-API-Key": KEY})
             assert response.status_code == 405
             assert response.headers["allow"] == "POST"
+
+
+def test_models_lists_every_served_version() -> None:
+    with make_client() as client:
+        assert client.get("/v1/models").status_code == 401
+        models = client.get("/v1/models", headers={"X-API-Key": KEY}).json()["models"]
+    assert [(m["name"], m["version"]) for m in models] == [("fake", "7")]
+    assert {"features", "thresholds", "metrics", "created_at", "opset", "runtime", "sha256"} <= set(
+        models[0]
+    )
