@@ -23,6 +23,7 @@ from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
 from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError
+from server.openapi import openapi_document
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
@@ -113,11 +114,17 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         state.service = None
         runner.close()
 
+    async def openapi(request: Request) -> Response:
+        """The API description; its schemas name the model's features, so it needs the model."""
+        service = state.ready_service()
+        return JSONResponse(openapi_document(service.info.feature_names, service.max_batch_items))
+
     routes = [
         Route("/v1/health/live", endpoints.live, methods=["GET"]),
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
         Route("/v1/models", endpoints.models, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         *v2.routes(),
     ]
     return Starlette(

@@ -1,0 +1,304 @@
+"""The OpenAPI 3.1 document for every route, written by hand as a plain dict.
+
+Hand-written because nothing could infer it: POST /v1/score and /v1/score/batch are plain
+ASGI (ScoringRoutes, ahead of Starlette's router) and the other routes are bare Starlette
+endpoints that validate their bodies themselves, so there are no typed request models for a
+framework to read. The schemas restate the rules of server/payloads.py and server/tensors.py;
+tests/server/test_openapi.py checks the document against the spec and the app's routes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.payloads import FLOAT32_MAX, MAX_TRANSACTION_ID
+from server.service import APPROVE, DECLINE, REVIEW
+from server.tensors import DATATYPE
+from server.v2 import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+BOOLEAN: Schema = {"type": "boolean"}
+PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+BINARY: Schema = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+V1_ERRORS = {
+    400: "invalid_json (not JSON, empty, NaN/Infinity literals, duplicated keys) or bad_request",
+    401: "missing_api_key: no X-API-Key header",
+    403: "invalid_api_key: the key is not one of the configured keys",
+    413: "payload_too_large: the body is over the configured limit, declared or streamed",
+    415: "unsupported_media_type: Content-Type is not application/json",
+    422: "invalid_request: valid JSON that is not a valid request; `field` names the culprit",
+    500: "model_error: the model failed (never caused by input); internal_error otherwise",
+    503: "not_ready (the model is not loaded yet) or overloaded (the queue is full)",
+}
+V2_ERRORS = {
+    400: "a bad request: not JSON, a wrong name, shape or datatype, NaN, infinite or "
+    "beyond-float32 values, binary sizes that do not match the shape or the body",
+    401: "no X-API-Key header",
+    403: "the API key is not valid",
+    404: "unknown model or version",
+    413: "the body is over FRAUD_MAX_BATCH_BODY_BYTES",
+    500: "the model failed",
+    503: "the model is not loaded yet, or the server is shedding load",
+}
+ERROR_HEADERS = {401: "WWW-Authenticate", 503: "Retry-After"}
+SCORE_ERRORS = (400, 401, 403, 413, 415, 422, 500, 503)
+INFER_ERRORS = (400, 401, 403, 404, 413, 500, 503)
+
+
+def ref(name: str, kind: str = "schemas") -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def obj(
+    properties: dict[str, Schema],
+    optional: tuple[str, ...] = (),
+    closed: bool = False,
+    **extra: Any,
+) -> Schema:
+    """An object requiring every property but the optional ones; closed if the server
+    rejects unknown fields."""
+    required = [name for name in properties if name not in optional]
+    schema: Schema = {"type": "object", "properties": properties, "required": required}
+    return schema | ({"additionalProperties": False} if closed else {}) | extra
+
+
+def array(items: Schema, low: int | None = None, high: int | None = None, **extra: Any) -> Schema:
+    bounds = {"minItems": low, "maxItems": high}
+    schema: Schema = {"type": "array", "items": items}
+    return schema | {k: v for k, v in bounds.items() if v is not None} | extra
+
+
+def float32() -> Schema:
+    return {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+
+
+def score_schemas(names: tuple[str, ...], max_items: int) -> dict[str, Schema]:
+    n = len(names)
+    transaction_id = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_TRANSACTION_ID}
+    features = {
+        "oneOf": [array(float32(), n, n), obj(dict.fromkeys(names, float32()), closed=True)],
+        "description": f"Finite numbers within float32 range: an array in model order "
+        f"({', '.join(names)}) or an object naming every feature.",
+    }
+    result = {
+        "transaction_id": {"type": ["string", "null"]},
+        "fraud_probability": PROBABILITY,
+        "decision": {"type": "string", "enum": [APPROVE, REVIEW, DECLINE]},
+        "model_version": STRING,
+    }
+    transactions = array(ref("ScoreRequest"), 1, max_items)
+    return {
+        "ScoreRequest": obj(
+            {"transaction_id": transaction_id | {"description": "Echoed back; null if absent."}}
+            | {"features": features},
+            ("transaction_id",),
+            closed=True,
+        ),
+        "ScoreResult": obj(result),
+        "BatchRequest": obj({"transactions": transactions}, closed=True),
+        "BatchResponse": obj({"results": array(ref("ScoreResult"), description="In order.")}),
+    }
+
+
+def model_schemas(n_features: int) -> dict[str, Schema]:
+    thresholds = obj({"review": PROBABILITY, "decline": PROBABILITY})
+    described = {
+        "name": STRING,
+        "version": STRING,
+        "features": array(STRING, n_features, n_features, description="In model order."),
+        "thresholds": thresholds | {"description": "In effect, after any settings override."},
+        "metrics": {"type": "object", "description": "Validation and test metrics."},
+        "created_at": STRING,
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    }
+    described["opset"] = {"type": "integer", "description": "ONNX opset, from the manifest."}
+    described["runtime"] = STRING | {"description": 'What runs it, e.g. "onnxruntime 1.20.1".'}
+    return {
+        "ModelDescription": obj(described),
+        "ModelList": obj({"models": array(ref("ModelDescription"), description="One a version.")}),
+    }
+
+
+def v2_schemas(n_features: int, max_rows: int) -> dict[str, Schema]:
+    shape = array({"type": "integer"})
+    tensor = obj({"name": STRING, "datatype": STRING, "shape": shape})
+    binary_size = obj(
+        {"binary_data_size": {"type": "integer", "minimum": 0}}, ("binary_data_size",)
+    )
+    rows = {"type": "integer", "minimum": 1, "maximum": max_rows}
+    columns = {"type": "integer", "const": n_features}
+    data = [array(float32(), n_features, n_features * max_rows)]
+    data.append(array(array(float32(), n_features, n_features), 1, max_rows))
+    infer_input = {
+        "name": STRING | {"description": "The model's input name (GET the model metadata)."},
+        "datatype": {"const": DATATYPE},
+        "shape": {"type": "array", "prefixItems": [rows, columns], "items": False, "minItems": 2},
+        "data": {"oneOf": data, "description": "Row-major: n x F numbers, or n rows of F."},
+        "parameters": binary_size
+        | {
+            "description": f"Binary extension: binary_data_size = n x {n_features} x 4 bytes of "
+            f"little-endian float32 follow the JSON header (see {HEADER_LENGTH}).",
+        },
+    }
+    output_choice = obj(
+        {"name": STRING, "parameters": obj({"binary_data": BOOLEAN}, ("binary_data",))},
+        ("parameters",),
+    )
+    output = {"name": STRING, "datatype": {"const": DATATYPE}, "shape": shape}
+    output |= {"data": array(PROBABILITY), "parameters": binary_size}
+    return {
+        "V2ServerMetadata": obj(
+            {"name": {"const": SERVER_NAME}, "version": STRING, "extensions": array(STRING)}
+        ),
+        "V2ModelMetadata": obj(
+            {"name": STRING, "versions": array(STRING), "platform": {"const": PLATFORM}}
+            | {"inputs": array(tensor), "outputs": array(tensor)}
+        ),
+        "V2InferInput": obj(
+            infer_input,
+            ("data", "parameters"),
+            description="Exactly one of data and parameters.binary_data_size.",
+        ),
+        "V2InferRequest": obj(
+            {
+                "id": STRING | {"description": "Echoed back."},
+                "inputs": array(ref("V2InferInput"), 1, 1),
+                "outputs": array(output_choice, 1),
+                "parameters": obj({"binary_data_output": BOOLEAN}, ("binary_data_output",)),
+            },
+            ("id", "outputs", "parameters"),
+            closed=True,
+        ),
+        "V2InferResponse": obj(
+            {"id": STRING, "model_name": STRING, "model_version": STRING}
+            | {"outputs": array(obj(output, ("data", "parameters")))},
+            ("id",),
+        ),
+        "V2Error": obj({"error": STRING}),
+        "V1Error": obj(
+            {"error": obj({"code": STRING, "message": STRING, "field": STRING}, ("field",))}
+        ),
+    }
+
+
+def responses(path: str, schema: Schema, statuses: tuple[int, ...]) -> Schema:
+    """200 with `schema`, then each error status with its body and headers."""
+    v2 = path.startswith("/v2")
+    texts, error = (V2_ERRORS, ref("V2Error")) if v2 else (V1_ERRORS, ref("V1Error"))
+    answers: Schema = {
+        "200": {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    }
+    for status in statuses:
+        answer = {"description": texts[status], "content": {"application/json": {"schema": error}}}
+        if status in ERROR_HEADERS:
+            answer["headers"] = {ERROR_HEADERS[status]: ref(ERROR_HEADERS[status], "headers")}
+        answers[str(status)] = answer
+    return answers
+
+
+def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], bool]]:
+    """(method, path, summary, 200 body, error statuses, needs X-API-Key), one per route."""
+    model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+    ready = obj({"status": {"const": "ready"}, "model": STRING, "model_version": STRING})
+    table = [
+        ("get", "/v1/health/live", "Liveness", obj({"status": {"const": "live"}}), (), False),
+        ("get", "/v1/health/ready", "Readiness", ready, (503,), False),
+        ("get", "/v1/model", "The served model", ref("ModelDescription"), (401, 403, 503), True),
+        ("get", "/v1/models", "Every model version", ref("ModelList"), (401, 403, 503), True),
+        ("post", "/v1/score", "Score a transaction", ref("ScoreResult"), SCORE_ERRORS, True),
+        ("post", "/v1/score/batch", "Score a batch", ref("BatchResponse"), SCORE_ERRORS, True),
+        ("get", "/v2", "Server metadata", ref("V2ServerMetadata"), (), False),
+        ("get", "/v2/health/live", "Liveness", obj({"live": {"const": True}}), (), False),
+        ("get", "/v2/health/ready", "Readiness", obj({"ready": {"const": True}}), (503,), False),
+        ("get", "/openapi.json", "This document", {"type": "object"}, (), False),
+    ]
+    for path in (model, version):
+        model_ready = obj({"name": STRING, "ready": {"const": True}})
+        table += [
+            ("get", path, "Model metadata", ref("V2ModelMetadata"), (404, 503), False),
+            ("get", path + "/ready", "Model readiness", model_ready, (404, 503), False),
+            ("post", path + "/infer", "Score rows", ref("V2InferResponse"), INFER_ERRORS, True),
+        ]
+    return table
+
+
+def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
+    """Request bodies by path, with examples."""
+    array_form = {"transaction_id": "tx-123", "features": [0.0] * len(names)}
+    object_form = {"features": dict.fromkeys(names, 0.0)}
+    score = {"array": {"value": array_form}, "object": {"value": object_form}}
+    batch = {"batch": {"value": {"transactions": [array_form, object_form]}}}
+    infer = {
+        "required": True,
+        "description": f"JSON; or, with the binary tensor extension, the JSON header (its length "
+        f"in the {HEADER_LENGTH} request header) followed by the raw tensor bytes.",
+        "content": {"application/json": {"schema": ref("V2InferRequest")}} | BINARY,
+    }
+    return {
+        "/v1/score": {
+            "required": True,
+            "content": {"application/json": {"schema": ref("ScoreRequest"), "examples": score}},
+        },
+        "/v1/score/batch": {
+            "required": True,
+            "content": {"application/json": {"schema": ref("BatchRequest"), "examples": batch}},
+        },
+        "/v2/models/{name}/infer": infer,
+        "/v2/models/{name}/versions/{version}/infer": infer,
+    }
+
+
+def paths(names: tuple[str, ...]) -> dict[str, Schema]:
+    bodies = request_bodies(names)
+    result: dict[str, Schema] = {}
+    for method, path, summary, schema, statuses, secured in routes():
+        operation: Schema = {"summary": summary, "tags": [path.split("/")[1].split(".")[0]]}
+        operation["responses"] = responses(path, schema, statuses)
+        if secured:
+            operation["security"] = [{"ApiKey": []}]
+        if path in bodies:
+            operation["requestBody"] = bodies[path]
+        if path.endswith("/infer"):  # JSON, or the binary extension's header + bytes
+            operation["responses"]["200"]["content"] |= BINARY
+            operation["responses"]["200"]["headers"] = {
+                HEADER_LENGTH: ref(HEADER_LENGTH, "headers")
+            }
+        params = [ref(p.title(), "parameters") for p in ("name", "version") if f"{{{p}}}" in path]
+        result[path] = {method: operation} | ({"parameters": params} if params else {})
+    return result
+
+
+def openapi_document(feature_names: tuple[str, ...], max_batch_items: int) -> dict[str, Any]:
+    """The document for a model with these features and this batch (and v2 row) limit."""
+    path_param: Schema = {"in": "path", "required": True, "schema": STRING}
+    header_length = "The length of the JSON header; raw little-endian float32 bytes follow it."
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": SERVER_NAME,
+            "version": SERVER_VERSION,
+            "description": "Fraud scoring over /v1, and the Open Inference Protocol (KServe v2) "
+            f"over /v2 with extensions {', '.join(EXTENSIONS)}. v1 errors are "
+            '{"error": {"code", "message", "field"?}}; v2 errors are {"error": "<message>"}. '
+            "Routes needing X-API-Key need none when auth is disabled (development only).",
+        },
+        "paths": paths(feature_names),
+        "components": {
+            "schemas": score_schemas(feature_names, max_batch_items)
+            | model_schemas(len(feature_names))
+            | v2_schemas(len(feature_names), max_batch_items),
+            "parameters": {
+                "Name": path_param | {"name": "name"},
+                "Version": path_param | {"name": "version"},
+            },
+            "headers": {
+                "WWW-Authenticate": {"schema": {"const": "ApiKey"}},
+                "Retry-After": {"description": "Seconds to wait.", "schema": STRING},
+                HEADER_LENGTH: {"description": header_length, "schema": {"type": "integer"}},
+            },
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
