@@ -4,7 +4,7 @@ VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 HOST ?= 127.0.0.1
 PORT ?= 8000
-MODEL_DIR ?= models/creditcard/1
+MODEL_REPOSITORY ?= models
 RUN_DIR ?= runs/creditcard
 # The shipped model's seed: of seeds 1, 2, 3, 4 and 42 it had the best validation
 # average precision (the test period played no part in the choice).
@@ -27,7 +27,7 @@ $(VENV)/.installed: requirements-serve.txt requirements-train.txt requirements-b
 serve: $(SERVE_VENV)/.installed
 	@echo "Development API key: $(DEV_API_KEY)"
 	@echo "Try: curl -s -X POST http://$(HOST):$(PORT)/v1/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/transaction.json"
-	FRAUD_MODEL_DIR=$(MODEL_DIR) FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
+	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http httptools
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.serving import ROOT, uvicorn_server, wait_ready
+from benchmarks.serving import ROOT, model_env, uvicorn_server, wait_ready
 from server.scorer import session_options
 
 LUA = ROOT / "benchmarks/wrk_post.lua"
@@ -284,7 +284,7 @@ def main() -> int:
     ort_us = time_ort(session, meta["input_name"], rows.astype(np.float32))
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
-    env |= {"FRAUD_MODEL_DIR": args.model_dir, "FRAUD_API_KEYS": key, "PYTHONPATH": str(ROOT)}
+    env |= model_env(args.model_dir) | {"FRAUD_API_KEYS": key, "PYTHONPATH": str(ROOT)}
     notes = {}
     if "keras_predict" in args.targets and not (ROOT / KERAS_RUN).is_file():
         notes["keras_predict"] = (

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.serving import ROOT, uvicorn_server
+from benchmarks.serving import ROOT, model_env, uvicorn_server
 from server.scorer import session_options
 
 DISTINCT_BODIES = 256
@@ -141,7 +141,7 @@ def main() -> int:
 
     key = secrets.token_urlsafe(24)
     headers = {"Content-Type": "application/json", "X-API-Key": key}
-    env = {"FRAUD_MODEL_DIR": str(model_dir), "FRAUD_API_KEYS": key}
+    env = model_env(model_dir) | {"FRAUD_API_KEYS": key}
     with uvicorn_server("server.app:create_app", env, timeout_s=READY_TIMEOUT_S) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         deadline = time.perf_counter() + args.max_seconds

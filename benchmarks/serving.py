@@ -20,6 +20,17 @@ SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop", "--http", "httptools")
 
 
+def model_env(model_dir: Path | str) -> dict[str, str]:
+    """Settings that serve the repository holding `model_dir` (<repository>/<name>/<version>),
+    and the same folder to the baselines, which load one model file."""
+    folder = Path(model_dir) if Path(model_dir).is_absolute() else ROOT / model_dir
+    return {
+        "FRAUD_MODEL_REPOSITORY": str(folder.parent.parent),
+        "FRAUD_MODEL_NAME": folder.parent.name,
+        "BENCH_MODEL_DIR": str(folder),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,12 +6,13 @@ FRAUD_* environment variables.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,21 +22,30 @@ from starlette.routing import Route
 
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
-from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
-from server.errors import MethodNotAllowed, NotFound, ServingError
+from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState, route_path
+from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
 from server.openapi import openapi_document
+from server.repository import ModelRepository, Snapshot, resolve_model_name
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
-from server.v2 import V2Endpoints
+from server.v2 import V2Endpoints, v2_error
 
 # A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 
+def error_response(request: Request, error: ServingError) -> Response:
+    """v1's `{"error": {"code", "message"}}`, or the Open Inference Protocol's
+    `{"error": "<message>"}` under /v2, so that v2 clients can read every error."""
+    if route_path(request.scope).startswith("/v2"):
+        return v2_error(error)
+    return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
+
+
 async def serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
-    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+    return error_response(request, exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -43,18 +53,21 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     error: ServingError
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}",
+            headers=dict(exc.headers or {}),
+        )
     elif exc.status_code == 404:
         error = NotFound(f"no route {request.url.path}")
     else:
-        error = ServingError(str(exc.detail))
+        error = ServingError(str(exc.detail), headers=dict(exc.headers or {}))
         error.status_code, error.code = exc.status_code, "http_error"
-    return JSONResponse(error.to_body(), status_code=exc.status_code, headers=exc.headers)
+    return error_response(request, error)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log (Starlette re-raises it to the server), never to the client.
-    return JSONResponse(ServingError("internal error").to_body(), status_code=500)
+    return error_response(request, ServingError("internal error"))
 
 
 def make_runner(scorer: Scorer, settings: Settings) -> Runner:
@@ -69,50 +82,74 @@ def make_runner(scorer: Scorer, settings: Settings) -> Runner:
     )
 
 
+def make_service(scorer: Scorer, settings: Settings) -> ScoringService:
+    return ScoringService(
+        scorer,
+        make_runner(scorer, settings),
+        settings.review_threshold,
+        settings.decline_threshold,
+        settings.max_batch_items,
+    )
+
+
+def open_repository(settings: Settings, state: ServerState) -> ModelRepository:
+    root = settings.model_repository
+    return ModelRepository(
+        root,
+        resolve_model_name(root, settings.model_name),
+        functools.partial(OnnxScorer.load, intra_op_threads=settings.intra_op_threads),
+        functools.partial(make_service, settings=settings),
+        state.publish,
+        settings.max_versions,
+    )
+
+
 def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> Starlette:
+    """The server for `settings`; a given `scorer` is served alone, with no repository."""
     settings = settings if settings is not None else Settings.from_env()
     keys = settings.resolved_api_keys()
+    admin_keys = settings.resolved_admin_keys()
     guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
+    admin_guard = ApiKeyGuard(admin_keys) if admin_keys else None
     state = ServerState()
     endpoints = Endpoints(state, guard)
-    v2 = V2Endpoints(state, guard, settings.max_batch_body_bytes, settings.max_batch_items)
+    v2 = V2Endpoints(
+        state, guard, admin_guard, settings.max_batch_body_bytes, settings.max_batch_items
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.insecure_disable_auth:
             logger.warning("FRAUD_INSECURE_DISABLE_AUTH is set: scoring needs no API key")
-        loaded = scorer
-        if loaded is None:
-            # Load and warm up off the event loop; a broken model stops start-up here.
-            loaded = await anyio.to_thread.run_sync(
-                OnnxScorer.load, settings.model_dir, settings.intra_op_threads
-            )
-        runner = make_runner(loaded, settings)
-        service = ScoringService(
-            loaded,
-            runner,
-            settings.review_threshold,
-            settings.decline_threshold,
-            settings.max_batch_items,
-        )
-        runner.start()
+        watcher: asyncio.Task[None] | None = None
+        if scorer is not None:
+            service = make_service(scorer, settings)
+            service.runner.start()
+            state.publish(Snapshot(scorer.info.name, {scorer.info.version: service}))
+        else:
+            repository = state.repository = open_repository(settings, state)
+            result = await repository.refresh()
+            if state.snapshot is None:
+                # Nothing servable: stop start-up rather than run a server that is never ready.
+                reasons = "".join(f"; version {v}: {r}" for v, r in result.refused.items())
+                raise SettingsError(
+                    f"no servable version of model {repository.name!r}"
+                    f" in {repository.model_root}{reasons}"
+                )
+            if settings.poll_interval_s > 0:
+                watcher = asyncio.create_task(repository.watch(settings.poll_interval_s))
         # Everything alive now lives as long as the process. Freezing it keeps the
         # collector's full passes from walking ~10^5 start-up objects, which
         # showed as ~25 ms stalls at p99 under load.
         gc.collect()
         gc.freeze()
-        state.service = service
-        info = loaded.info
-        logger.info(
-            "serving model %s version %s (%d features, sha256 %s)",
-            info.name,
-            info.version,
-            len(info.feature_names),
-            info.sha256[:12],
-        )
         yield
-        state.service = None
-        runner.close()
+        if watcher is not None:
+            watcher.cancel()
+        snapshot, state.snapshot = state.snapshot, None
+        if snapshot is not None:
+            for service in snapshot.services.values():
+                service.runner.close()
 
     async def openapi(request: Request) -> Response:
         """The API description; its schemas name the model's features, so it needs the model."""

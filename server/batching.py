@@ -43,6 +43,10 @@ class Runner(Protocol):
 
     def close(self) -> None: ...
 
+    def retire(self) -> None:
+        """Take no new work, finish what is queued, then stop: a version swapped out."""
+        ...
+
     def queue_depth(self) -> int: ...
 
     async def predict(self, rows: np.ndarray) -> np.ndarray: ...
@@ -82,6 +86,9 @@ class InlineRunner:
         pass
 
     def close(self) -> None:
+        pass
+
+    def retire(self) -> None:
         pass
 
     def queue_depth(self) -> int:
@@ -143,6 +150,10 @@ class LoopBatcher(_BoundedQueue):
 
     def start(self) -> None:
         pass
+
+    def retire(self) -> None:
+        # The flush already scheduled still runs and answers everything queued.
+        self._closed = True
 
     def close(self) -> None:
         self._closed = True
@@ -211,6 +222,7 @@ class Batcher(_BoundedQueue):
         super().__init__(predict, max_batch, max_queue, max_delay_s)
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._retiring = False
 
     def start(self) -> None:
         self._thread.start()
@@ -222,9 +234,16 @@ class Batcher(_BoundedQueue):
             self._wake.notify()
         self._thread.join(timeout=10)
 
+    def retire(self) -> None:
+        with self._wake:
+            self._retiring = True
+            self._wake.notify()
+
     async def predict(self, rows: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
         with self._wake:
+            if self._retiring:
+                raise shutting_down()
             job = self._admit(rows, loop)
             self._wake.notify()
         return await job.future
@@ -233,6 +252,8 @@ class Batcher(_BoundedQueue):
         """Block until there is work and return a batch of it; None once closed."""
         with self._wake:
             while not self._pending and not self._closed:
+                if self._retiring:
+                    return None
                 self._wake.wait()
             if self._closed:
                 stranded = list(self._pending)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -26,6 +27,7 @@ from server.errors import (
     UnsupportedMediaType,
 )
 from server.payloads import parse_json
+from server.repository import ModelRepository, Snapshot
 from server.service import ScoringService
 
 JSON_HEADER = (b"content-type", b"application/json")
@@ -40,15 +42,24 @@ class JSONResponse(Response):
 
 
 class ServerState:
-    """What the lifespan fills in; endpoints answer 503 until `service` is set."""
+    """What the lifespan fills in; endpoints answer 503 until a snapshot is published."""
 
     def __init__(self) -> None:
-        self.service: ScoringService | None = None
+        self.snapshot: Snapshot | None = None
+        self.repository: ModelRepository | None = None
 
-    def ready_service(self) -> ScoringService:
-        if self.service is None:
+    def publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def ready_snapshot(self) -> Snapshot:
+        if self.snapshot is None:
             raise NotReady("the model is not loaded yet", headers={"Retry-After": "1"})
-        return self.service
+        return self.snapshot
+
+    def ready_service(self, version: str | None = None) -> ScoringService:
+        """The newest version, or the one asked for (404 if it is not served)."""
+        snapshot = self.ready_snapshot()
+        return snapshot.latest if version is None else snapshot.get(version)
 
 
 async def read_body(declared: bytes | None, receive: Receive, limit: int) -> bytes:
@@ -88,6 +99,19 @@ async def send_json(
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+def requested_version(query: bytes) -> str | None:
+    """`?version=N` pins a model version on /v1/score and /v1/score/batch."""
+    if not query:
+        return None
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("the query string is malformed") from None
+    if len(pairs) != 1 or pairs[0][0] != "version":
+        raise BadRequest("the only query parameter is version, once", field="version")
+    return pairs[0][1]
 
 
 def route_path(scope: Scope) -> str:
@@ -134,9 +158,13 @@ class ScoringRoutes:
             presented = headers.get(API_KEY)
             # Authenticate before reading anything, so strangers learn nothing from validation.
             self.guard.check(presented.decode("latin-1") if presented is not None else None)
-            service = self.state.ready_service()
+            version = requested_version(scope["query_string"])
+            self.state.ready_snapshot()
             require_json(headers.get(b"content-type"))
             body = await read_body(headers.get(b"content-length"), receive, limit)
+            # The version is looked up only now, after the last await before the model
+            # queue: a request never lands on a version that was swapped out meanwhile.
+            service = self.state.ready_service(version)
             result = await score(service, parse_json(body))
         except ServingError as error:
             await send_json(send, error.status_code, error.to_body(), error.headers)
@@ -159,10 +187,23 @@ class Endpoints:
         )
 
     async def model(self, request: Request) -> Response:
+        """The newest version, or `?version=N`."""
         self.guard.check(request.headers.get(HEADER))
-        return JSONResponse(self.state.ready_service().describe())
+        version = requested_version(request.scope["query_string"])
+        return JSONResponse(self.state.ready_service(version).describe())
 
     async def models(self, request: Request) -> Response:
-        """Every model version served; one for now, the model repository adds more."""
+        """Every version served, newest (the default) first."""
         self.guard.check(request.headers.get(HEADER))
-        return JSONResponse({"models": [self.state.ready_service().describe()]})
+        snapshot = self.state.ready_snapshot()
+        repository = self.state.repository
+        return JSONResponse(
+            {
+                "default_version": snapshot.latest.info.version,
+                "models": [service.describe() for service in snapshot.services.values()],
+                "loads": {
+                    "ok": repository.loads_ok if repository else len(snapshot.services),
+                    "refused": repository.loads_refused if repository else 0,
+                },
+            }
+        )

@@ -28,6 +28,7 @@ V1_ERRORS = {
     401: "missing_api_key: no X-API-Key header",
     403: "invalid_api_key: the key is not one of the configured keys",
     413: "payload_too_large: the body is over the configured limit, declared or streamed",
+    404: "not_found: the version asked for (?version=) is not served",
     415: "unsupported_media_type: Content-Type is not application/json",
     422: "invalid_request: valid JSON that is not a valid request; `field` names the culprit",
     500: "model_error: the model failed (never caused by input); internal_error otherwise",
@@ -43,9 +44,17 @@ V2_ERRORS = {
     500: "the model failed",
     503: "the model is not loaded yet, or the server is shedding load",
 }
+REPOSITORY_ERRORS = {
+    400: "a version was refused (the message says why); the versions served before still are",
+    401: "no X-API-Key header",
+    403: "not an admin key (FRAUD_ADMIN_KEYS), or no admin key is configured",
+    404: "unknown model, or the server runs without a repository",
+    503: "the model is not loaded yet",
+}
 ERROR_HEADERS = {401: "WWW-Authenticate", 503: "Retry-After"}
-SCORE_ERRORS = (400, 401, 403, 413, 415, 422, 500, 503)
+SCORE_ERRORS = (400, 401, 403, 404, 413, 415, 422, 500, 503)
 INFER_ERRORS = (400, 401, 403, 404, 413, 500, 503)
+PINNABLE = ("/v1/score", "/v1/score/batch", "/v1/model")
 
 
 def ref(name: str, kind: str = "schemas") -> Schema:
@@ -116,9 +125,18 @@ def model_schemas(n_features: int) -> dict[str, Schema]:
     }
     described["opset"] = {"type": "integer", "description": "ONNX opset, from the manifest."}
     described["runtime"] = STRING | {"description": 'What runs it, e.g. "onnxruntime 1.20.1".'}
+    loads = obj({"ok": {"type": "integer"}, "refused": {"type": "integer"}})
     return {
         "ModelDescription": obj(described),
-        "ModelList": obj({"models": array(ref("ModelDescription"), description="One a version.")}),
+        "ModelList": obj(
+            {
+                "default_version": STRING | {"description": "The newest: served when unpinned."},
+                "models": array(
+                    ref("ModelDescription"), description="One a version, newest first."
+                ),
+                "loads": loads | {"description": "Versions loaded and refused since start-up."},
+            }
+        ),
     }
 
 
@@ -177,6 +195,24 @@ def v2_schemas(n_features: int, max_rows: int) -> dict[str, Schema]:
             | {"outputs": array(obj(output, ("data", "parameters")))},
             ("id",),
         ),
+        "V2RepositoryIndex": array(
+            obj(
+                {
+                    "name": STRING,
+                    "version": STRING,
+                    "state": {"enum": ["READY", "UNAVAILABLE"]},
+                    "reason": STRING | {"description": "Why a version was refused; else empty."},
+                }
+            ),
+            description="Every version folder known, newest first.",
+        ),
+        "V2RepositoryLoad": obj(
+            {
+                "name": STRING,
+                "versions": array(STRING, description="Served now, newest (the default) first."),
+                "loaded": array(STRING, description="Loaded by this request."),
+            }
+        ),
         "V2Error": obj({"error": STRING}),
         "V1Error": obj(
             {"error": obj({"code": STRING, "message": STRING, "field": STRING}, ("field",))}
@@ -188,6 +224,8 @@ def responses(path: str, schema: Schema, statuses: tuple[int, ...]) -> Schema:
     """200 with `schema`, then each error status with its body and headers."""
     v2 = path.startswith("/v2")
     texts, error = (V2_ERRORS, ref("V2Error")) if v2 else (V1_ERRORS, ref("V1Error"))
+    if path.startswith("/v2/repository"):
+        texts = REPOSITORY_ERRORS
     answers: Schema = {
         "200": {"description": "OK", "content": {"application/json": {"schema": schema}}}
     }
@@ -199,28 +237,53 @@ def responses(path: str, schema: Schema, statuses: tuple[int, ...]) -> Schema:
     return answers
 
 
-def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], bool]]:
-    """(method, path, summary, 200 body, error statuses, needs X-API-Key), one per route."""
+def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
+    """(method, path, summary, 200 body, error statuses, key needed), one per route."""
     model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
     ready = obj({"status": {"const": "ready"}, "model": STRING, "model_version": STRING})
-    table = [
-        ("get", "/v1/health/live", "Liveness", obj({"status": {"const": "live"}}), (), False),
-        ("get", "/v1/health/ready", "Readiness", ready, (503,), False),
-        ("get", "/v1/model", "The served model", ref("ModelDescription"), (401, 403, 503), True),
-        ("get", "/v1/models", "Every model version", ref("ModelList"), (401, 403, 503), True),
-        ("post", "/v1/score", "Score a transaction", ref("ScoreResult"), SCORE_ERRORS, True),
-        ("post", "/v1/score/batch", "Score a batch", ref("BatchResponse"), SCORE_ERRORS, True),
-        ("get", "/v2", "Server metadata", ref("V2ServerMetadata"), (), False),
-        ("get", "/v2/health/live", "Liveness", obj({"live": {"const": True}}), (), False),
-        ("get", "/v2/health/ready", "Readiness", obj({"ready": {"const": True}}), (503,), False),
-        ("get", "/openapi.json", "This document", {"type": "object"}, (), False),
+    described = (400, 401, 403, 404, 503)
+    admin = (401, 403, 404, 503)
+    table: list[tuple[str, str, str, Schema, tuple[int, ...], str | None]] = [
+        ("get", "/v1/health/live", "Liveness", obj({"status": {"const": "live"}}), (), None),
+        ("get", "/v1/health/ready", "Readiness", ready, (503,), None),
+        ("get", "/v1/model", "A served version", ref("ModelDescription"), described, "ApiKey"),
+        (
+            "get",
+            "/v1/models",
+            "Every served version",
+            ref("ModelList"),
+            (401, 403, 503),
+            "ApiKey",
+        ),
+        ("post", "/v1/score", "Score a transaction", ref("ScoreResult"), SCORE_ERRORS, "ApiKey"),
+        ("post", "/v1/score/batch", "Score a batch", ref("BatchResponse"), SCORE_ERRORS, "ApiKey"),
+        ("get", "/v2", "Server metadata", ref("V2ServerMetadata"), (), None),
+        ("get", "/v2/health/live", "Liveness", obj({"live": {"const": True}}), (), None),
+        ("get", "/v2/health/ready", "Readiness", obj({"ready": {"const": True}}), (503,), None),
+        (
+            "post",
+            "/v2/repository/index",
+            "Model versions on disk",
+            ref("V2RepositoryIndex"),
+            admin,
+            "AdminKey",
+        ),
+        (
+            "post",
+            "/v2/repository/models/{name}/load",
+            "Load new versions now",
+            ref("V2RepositoryLoad"),
+            (400, *admin),
+            "AdminKey",
+        ),
+        ("get", "/openapi.json", "This document", {"type": "object"}, (), None),
     ]
     for path in (model, version):
         model_ready = obj({"name": STRING, "ready": {"const": True}})
         table += [
-            ("get", path, "Model metadata", ref("V2ModelMetadata"), (404, 503), False),
-            ("get", path + "/ready", "Model readiness", model_ready, (404, 503), False),
-            ("post", path + "/infer", "Score rows", ref("V2InferResponse"), INFER_ERRORS, True),
+            ("get", path, "Model metadata", ref("V2ModelMetadata"), (404, 503), None),
+            ("get", path + "/ready", "Model readiness", model_ready, (404, 503), None),
+            ("post", path + "/infer", "Score rows", ref("V2InferResponse"), INFER_ERRORS, "ApiKey"),
         ]
     return table
 
@@ -254,11 +317,13 @@ def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
 def paths(names: tuple[str, ...]) -> dict[str, Schema]:
     bodies = request_bodies(names)
     result: dict[str, Schema] = {}
-    for method, path, summary, schema, statuses, secured in routes():
+    for method, path, summary, schema, statuses, key in routes():
         operation: Schema = {"summary": summary, "tags": [path.split("/")[1].split(".")[0]]}
         operation["responses"] = responses(path, schema, statuses)
-        if secured:
-            operation["security"] = [{"ApiKey": []}]
+        if key is not None:
+            operation["security"] = [{key: []}]
+        if path in PINNABLE:
+            operation["parameters"] = [ref("PinnedVersion", "parameters")]
         if path in bodies:
             operation["requestBody"] = bodies[path]
         if path.endswith("/infer"):  # JSON, or the binary extension's header + bytes
@@ -293,12 +358,27 @@ def openapi_document(feature_names: tuple[str, ...], max_batch_items: int) -> di
             "parameters": {
                 "Name": path_param | {"name": "name"},
                 "Version": path_param | {"name": "version"},
+                "PinnedVersion": {
+                    "in": "query",
+                    "name": "version",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    "description": "A served model version; the newest when absent.",
+                },
             },
             "headers": {
                 "WWW-Authenticate": {"schema": {"const": "ApiKey"}},
                 "Retry-After": {"description": "Seconds to wait.", "schema": STRING},
                 HEADER_LENGTH: {"description": header_length, "schema": {"type": "integer"}},
             },
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "AdminKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "One of FRAUD_ADMIN_KEYS, which differ from the scoring keys.",
+                },
+            },
         },
     }

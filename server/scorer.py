@@ -59,6 +59,9 @@ class OnnxScorer:
             raise ArtifactError(
                 f"model inputs {[i.name for i in inputs]} are not [{info.input_name}]"
             )
+        outputs = [o.name for o in session.get_outputs()]
+        if info.output_name not in outputs:
+            raise ArtifactError(f"model outputs {outputs} do not include {info.output_name!r}")
         width = inputs[0].shape[-1]
         if width != len(info.feature_names):
             raise ArtifactError(

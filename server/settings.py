@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +17,21 @@ INFERENCE_MODES = ("loop", "thread", "inline")
 
 @dataclass(frozen=True)
 class Settings:
-    # Folder holding model.onnx and manifest.json (one model version).
-    model_dir: Path = Path("models/creditcard/1")
+    # The model repository: <model_repository>/<model_name>/<version>/ holds
+    # model.onnx and manifest.json. Without a name, the repository must hold one model.
+    model_repository: Path = Path("models")
+    model_name: str | None = None
+    # Serve at most this many of the newest versions (0: every version on disk).
+    max_versions: int = 0
+    # Seconds between looks at the repository for new, changed or removed versions
+    # (0: only at start-up and on POST /v2/repository/models/{name}/load).
+    poll_interval_s: float = 10.0
     # Accepted X-API-Key values: FRAUD_API_KEYS (comma-separated) plus, if set,
     # FRAUD_API_KEY_FILE (one key per line, '#' starts a comment).
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: Path | None = None
+    # Keys for the repository routes (/v2/repository/...); none: those routes are off.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
     # Serve without any key. Off by default: without keys the server will not start.
     insecure_disable_auth: bool = False
     # Override the model's own thresholds (from its metadata). REVIEW <= DECLINE.
@@ -66,6 +75,12 @@ class Settings:
             )
         if not 0 <= self.max_queue_delay_us <= 1_000_000:
             raise SettingsError(f"{PREFIX}MAX_QUEUE_DELAY_US must be within [0, 1000000]")
+        if self.max_versions < 0:
+            raise SettingsError(f"{PREFIX}MAX_VERSIONS must be 0 (all) or more")
+        if not 0 <= self.poll_interval_s <= 86_400:
+            raise SettingsError(f"{PREFIX}POLL_INTERVAL_S must be within [0, 86400]")
+        if self.model_name is not None and not is_folder_name(self.model_name):
+            raise SettingsError(f"{PREFIX}MODEL_NAME must be a plain folder name")
         for name in ("review_threshold", "decline_threshold"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -80,10 +95,13 @@ class Settings:
             return value.strip() if value is not None else None
 
         values: dict[str, object] = {}
-        if model_dir := get("MODEL_DIR"):
-            values["model_dir"] = Path(model_dir)
-        if keys := get("API_KEYS"):
-            values["api_keys"] = tuple(k.strip() for k in keys.split(",") if k.strip())
+        if repository := get("MODEL_REPOSITORY"):
+            values["model_repository"] = Path(repository)
+        if model_name := get("MODEL_NAME"):
+            values["model_name"] = model_name
+        for name in ("API_KEYS", "ADMIN_KEYS"):
+            if keys := get(name):
+                values[name.lower()] = tuple(k.strip() for k in keys.split(",") if k.strip())
         if key_file := get("API_KEY_FILE"):
             values["api_key_file"] = Path(key_file)
         if (insecure := get("INSECURE_DISABLE_AUTH")) is not None:
@@ -101,9 +119,12 @@ class Settings:
             "MAX_QUEUE",
             "MAX_BATCH_ITEMS",
             "MAX_BATCH_BODY_BYTES",
+            "MAX_VERSIONS",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)
+        if raw := get("POLL_INTERVAL_S"):
+            values["poll_interval_s"] = parse_number("POLL_INTERVAL_S", raw, float)
         return cls(**values)  # type: ignore[arg-type]
 
     def resolved_api_keys(self) -> tuple[str, ...]:
@@ -116,16 +137,31 @@ class Settings:
                 raise SettingsError(f"cannot read FRAUD_API_KEY_FILE: {exc}") from exc
             keys += [line.split("#", 1)[0].strip() for line in lines]
         keys = [k for k in keys if k]
-        if not all(k.isascii() and k.isprintable() for k in keys):
-            # HTTP header values are bytes without a declared charset; a non-ASCII key
-            # would match or not depending on the client's encoding.
-            raise SettingsError("API keys must be printable ASCII")
+        check_keys(keys)
         if not keys and not self.insecure_disable_auth:
             raise SettingsError(
                 "no API key configured: set FRAUD_API_KEYS or FRAUD_API_KEY_FILE"
                 " (or FRAUD_INSECURE_DISABLE_AUTH=true to serve without keys)"
             )
         return tuple(keys)
+
+    def resolved_admin_keys(self) -> tuple[str, ...]:
+        """Keys for the repository routes; they must differ from every scoring key."""
+        check_keys(self.admin_keys)
+        if set(self.admin_keys) & set(self.resolved_api_keys()):
+            raise SettingsError("an admin key must not also be a scoring key")
+        return self.admin_keys
+
+
+def check_keys(keys: Sequence[str]) -> None:
+    if not all(k.isascii() and k.isprintable() for k in keys):
+        # HTTP header values are bytes without a declared charset; a non-ASCII key
+        # would match or not depending on the client's encoding.
+        raise SettingsError("API keys must be printable ASCII")
+
+
+def is_folder_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 def parse_bool(name: str, raw: str) -> bool:

@@ -13,7 +13,8 @@ from starlette.routing import Route
 
 from server.auth import HEADER, ApiKeyGuard
 from server.endpoints import JSONResponse, ServerState
-from server.errors import BadRequest, NotFound, PayloadTooLarge, ServingError
+from server.errors import BadRequest, InvalidApiKey, NotFound, PayloadTooLarge, ServingError
+from server.repository import ModelRepository
 from server.service import ScoringService
 from server.tensors import encode_response, parse_infer_request, split_body
 
@@ -31,10 +32,16 @@ def v2_error(error: ServingError) -> Response:
 
 class V2Endpoints:
     def __init__(
-        self, state: ServerState, guard: ApiKeyGuard, max_body_bytes: int, max_rows: int
+        self,
+        state: ServerState,
+        guard: ApiKeyGuard,
+        admin_guard: ApiKeyGuard | None,
+        max_body_bytes: int,
+        max_rows: int,
     ) -> None:
         self.state = state
         self.guard = guard
+        self.admin_guard = admin_guard
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
 
@@ -51,18 +58,17 @@ class V2Endpoints:
             Route(version + "/ready", self.model_ready, methods=["GET"]),
             Route(model + "/infer", self.infer, methods=["POST"]),
             Route(version + "/infer", self.infer, methods=["POST"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
         ]
 
     def model(self, request: Request) -> ScoringService:
         """The service for the model and version in the path, or a v2 error."""
-        service = self.state.ready_service()
+        snapshot = self.state.ready_snapshot()
         name = request.path_params["name"]
-        version = request.path_params.get("version")
-        if name != service.info.name:
+        if name != snapshot.name:
             raise NotFound(f"unknown model {name!r}")
-        if version is not None and version != service.info.version:
-            raise NotFound(f"model {name!r} has no version {version!r}")
-        return service
+        return snapshot.get(request.path_params.get("version"))
 
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse(
@@ -82,12 +88,13 @@ class V2Endpoints:
     async def model_metadata(self, request: Request) -> Response:
         try:
             info = self.model(request).info
+            versions = list(self.state.ready_snapshot().services)
         except ServingError as error:
             return v2_error(error)
         return JSONResponse(
             {
                 "name": info.name,
-                "versions": [info.version],
+                "versions": versions,
                 "platform": PLATFORM,
                 "inputs": [
                     {
@@ -110,8 +117,10 @@ class V2Endpoints:
     async def infer(self, request: Request) -> Response:
         try:
             self.guard.check(request.headers.get(HEADER))
-            service = self.model(request)
+            self.model(request)  # 404 before reading a body meant for nobody
             body = await self.read_body(request)
+            # Looked up again after the last await: see ScoringRoutes.
+            service = self.model(request)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             info = service.info
             infer = parse_infer_request(
@@ -134,6 +143,42 @@ class V2Endpoints:
             media_type="application/octet-stream",
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
+
+    async def repository_index(self, request: Request) -> Response:
+        """Every version folder the server knows of: READY, or UNAVAILABLE with the reason."""
+        try:
+            repository = self.admin(request)
+        except ServingError as error:
+            return v2_error(error)
+        return JSONResponse(repository.index())
+
+    async def load(self, request: Request) -> Response:
+        """Look at the model's folder now: load new or changed versions, retry refused ones."""
+        try:
+            repository = self.admin(request)
+            if request.path_params["name"] != repository.name:
+                raise NotFound(f"unknown model {request.path_params['name']!r}")
+            result = await repository.refresh(force=True)
+            snapshot = self.state.ready_snapshot()
+        except ServingError as error:
+            return v2_error(error)
+        if result.refused:
+            reasons = "; ".join(f"version {v}: {r}" for v, r in result.refused.items())
+            return v2_error(
+                BadRequest(f"refused {reasons}; serving versions {', '.join(snapshot.services)}")
+            )
+        return JSONResponse(
+            {"name": snapshot.name, "versions": list(snapshot.services), "loaded": result.loaded}
+        )
+
+    def admin(self, request: Request) -> ModelRepository:
+        """The repository, for a caller holding an admin key."""
+        if self.admin_guard is None:
+            raise InvalidApiKey("the repository routes are off: no admin key is configured")
+        self.admin_guard.check(request.headers.get(HEADER))
+        if self.state.repository is None:
+            raise NotFound("this server has no model repository")
+        return self.state.repository
 
     async def read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")

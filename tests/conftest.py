@@ -71,7 +71,12 @@ def start_server(
     interpreter = python or (SERVE_PYTHON if SERVE_PYTHON.exists() else Path(sys.executable))
     env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
     env.update(
-        {"FRAUD_MODEL_DIR": str(model_dir), "FRAUD_API_KEYS": TEST_API_KEY, "PYTHONPATH": str(ROOT)}
+        {
+            "FRAUD_MODEL_REPOSITORY": str(model_dir.parent.parent),
+            "FRAUD_MODEL_NAME": model_dir.parent.name,
+            "FRAUD_API_KEYS": TEST_API_KEY,
+            "PYTHONPATH": str(ROOT),
+        }
     )
     env.update(extra_env or {})
     with log.open("wb") as handle:  # the child keeps its own copy of the descriptor

@@ -19,7 +19,10 @@ from pathlib import Path
 from server.app import create_app
 from server.settings import Settings
 from starlette.testclient import TestClient
-settings = Settings(model_dir=Path(sys.argv[1]), api_keys=("k",))
+folder = Path(sys.argv[1])
+settings = Settings(
+    model_repository=folder.parent.parent, model_name=folder.parent.name, api_keys=("k",)
+)
 with TestClient(create_app(settings)) as client:
     assert client.get("/v1/health/ready").status_code == 200
 loaded = sorted({name.split(".")[0] for name in sys.modules})

@@ -15,7 +15,7 @@ from server.scorer import OnnxScorer
 
 @pytest.fixture
 def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "model"
+    target = tmp_path / "repository" / "tiny" / "1"  # the repository layout
     shutil.copytree(tiny_model_dir, target)
     return target
 

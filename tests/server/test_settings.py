@@ -10,7 +10,8 @@ from server.settings import Settings
 
 def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env({})
-    assert settings.model_dir == Path("models/creditcard/1")
+    assert (settings.model_repository, settings.model_name) == (Path("models"), None)
+    assert (settings.max_versions, settings.poll_interval_s, settings.admin_keys) == (0, 10.0, ())
     assert settings.api_keys == ()
     assert settings.max_body_bytes == 64 * 1024
     assert settings.intra_op_threads == 1
@@ -21,8 +22,12 @@ def test_defaults_need_no_environment() -> None:
 def test_reads_every_variable() -> None:
     settings = Settings.from_env(
         {
-            "FRAUD_MODEL_DIR": "/srv/model",
+            "FRAUD_MODEL_REPOSITORY": "/srv/models",
+            "FRAUD_MODEL_NAME": "cards",
+            "FRAUD_MAX_VERSIONS": "2",
+            "FRAUD_POLL_INTERVAL_S": "2.5",
             "FRAUD_API_KEYS": " a-key , b-key ,,",
+            "FRAUD_ADMIN_KEYS": "admin-key",
             "FRAUD_API_KEY_FILE": "/run/keys",
             "FRAUD_INSECURE_DISABLE_AUTH": "yes",
             "FRAUD_REVIEW_THRESHOLD": "0.2",
@@ -39,8 +44,12 @@ def test_reads_every_variable() -> None:
         }
     )
     assert settings == Settings(
-        model_dir=Path("/srv/model"),
+        model_repository=Path("/srv/models"),
+        model_name="cards",
+        max_versions=2,
+        poll_interval_s=2.5,
         api_keys=("a-key", "b-key"),
+        admin_keys=("admin-key",),
         api_key_file=Path("/run/keys"),
         insecure_disable_auth=True,
         review_threshold=0.2,
@@ -57,7 +66,15 @@ def test_reads_every_variable() -> None:
 
 
 def test_keys_are_not_in_the_repr() -> None:
-    assert "secret-value" not in repr(Settings(api_keys=("secret-value",)))
+    settings = Settings(api_keys=("secret-value",), admin_keys=("admin-secret",))
+    assert "secret-value" not in repr(settings)
+    assert "admin-secret" not in repr(settings)
+
+
+def test_an_admin_key_must_not_score() -> None:
+    with pytest.raises(SettingsError, match="admin key"):
+        Settings(api_keys=("shared", "other"), admin_keys=("shared",)).resolved_admin_keys()
+    assert Settings(api_keys=("k",), admin_keys=("a",)).resolved_admin_keys() == ("a",)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +92,11 @@ def test_keys_are_not_in_the_repr() -> None:
         {"FRAUD_DECLINE_THRESHOLD": "-0.1"},
         {"FRAUD_DECLINE_THRESHOLD": "high"},
         {"FRAUD_INSECURE_DISABLE_AUTH": "maybe"},
+        {"FRAUD_MAX_VERSIONS": "-1"},
+        {"FRAUD_POLL_INTERVAL_S": "-1"},
+        {"FRAUD_POLL_INTERVAL_S": "soon"},
+        {"FRAUD_MODEL_NAME": "../elsewhere"},
+        {"FRAUD_MODEL_NAME": ".."},
     ],
 )
 def test_bad_values_are_refused_by_name(environ: dict[str, str]) -> None:
