@@ -231,3 +231,56 @@ def test_models_lists_every_served_version() -> None:
     assert {"features", "thresholds", "metrics", "created_at", "opset", "runtime", "sha256"} <= set(
         models[0]
     )
+
+
+def test_a_version_can_be_pinned_on_v1() -> None:
+    with make_client() as client:
+        headers = {"X-API-Key": KEY}
+        body = {"features": [0.2, 0, 0]}
+        pinned = client.post("/v1/score?version=7", json=body, headers=headers)
+        assert pinned.status_code == 200 and pinned.json()["model_version"] == "7"
+        batch = {"transactions": [body]}
+        assert client.post("/v1/score/batch?version=7", json=batch, headers=headers).json()[
+            "results"
+        ][0]["model_version"] == ("7")
+        assert client.get("/v1/model?version=7", headers=headers).json()["version"] == "7"
+        missing = client.post("/v1/score?version=8", json=body, headers=headers)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+        assert "no version '8'" in missing.json()["error"]["message"]
+        for query in ("model=7", "version=7&version=7", "version", "%ff=1", "version=7&x=1"):
+            answer = client.post(f"/v1/score?{query}", json=body, headers=headers)
+            assert answer.status_code == 400, query
+            assert answer.json()["error"]["code"] == "bad_request"
+        # The key is checked before the query string.
+        assert client.post("/v1/score?version=8", json=body).status_code == 401
+
+
+def test_models_reports_the_default_version_and_loads() -> None:
+    with make_client() as client:
+        listing = client.get("/v1/models", headers={"X-API-Key": KEY}).json()
+    assert listing["default_version"] == "7"
+    assert listing["loads"] == {"ok": 1, "refused": 0}
+
+
+def test_router_errors_under_v2_use_the_v2_shape() -> None:
+    with make_client() as client:
+        missing = client.get("/v2/no/such/route")
+        wrong_method = client.get("/v2/models/fake/infer")
+        v1_missing = client.get("/v1/nothing")
+    assert missing.status_code == 404 and isinstance(missing.json()["error"], str)
+    assert wrong_method.status_code == 405 and isinstance(wrong_method.json()["error"], str)
+    assert v1_missing.json()["error"]["code"] == "not_found"
+
+
+def test_repository_routes_need_an_admin_key() -> None:
+    with make_client(admin_keys=("admin-key-123",)) as client:
+        for path in ("/v2/repository/index", "/v2/repository/models/fake/load"):
+            assert client.post(path).status_code == 401
+            assert client.post(path, headers={"X-API-Key": KEY}).status_code == 403
+            # A fixed scorer has no repository to look at.
+            answer = client.post(path, headers={"X-API-Key": "admin-key-123"})
+            assert answer.status_code == 404 and "no model repository" in answer.json()["error"]
+    with make_client() as client:  # no admin key configured: the routes are off
+        answer = client.post("/v2/repository/index", headers={"X-API-Key": KEY})
+        assert answer.status_code == 403 and "no admin key" in answer.json()["error"]

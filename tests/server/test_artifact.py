@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import onnx
 import pytest
 
 from server.errors import ArtifactError
 from server.scorer import OnnxScorer
+from tests.model_edits import add_to_output, drop_last_feature, edit_metadata, flip_a_byte
 
 
 @pytest.fixture
@@ -20,16 +20,6 @@ def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return target
 
 
-def rewrite(model_dir: Path, proto: onnx.ModelProto) -> None:
-    import hashlib
-
-    data = proto.SerializeToString()
-    (model_dir / "model.onnx").write_bytes(data)
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    (model_dir / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_loads_and_warms_up(model_copy: Path) -> None:
     scorer = OnnxScorer.load(model_copy)
     assert scorer.info.name == "tiny"
@@ -37,9 +27,7 @@ def test_loads_and_warms_up(model_copy: Path) -> None:
 
 
 def test_tampered_file_is_refused(model_copy: Path) -> None:
-    data = bytearray((model_copy / "model.onnx").read_bytes())
-    data[-1] ^= 0xFF
-    (model_copy / "model.onnx").write_bytes(bytes(data))
+    flip_a_byte(model_copy)
     with pytest.raises(ArtifactError, match="sha256"):
         OnnxScorer.load(model_copy)
 
@@ -49,26 +37,6 @@ def test_missing_folder_is_refused(tmp_path: Path) -> None:
         OnnxScorer.load(tmp_path / "nothing")
 
 
-def edit_metadata(model_dir: Path, changes: dict[str, str | None]) -> None:
-    """Set (or, with None, drop) metadata entries and re-sign the manifest."""
-    proto = onnx.load(model_dir / "model.onnx")
-    entries = {p.key: p.value for p in proto.metadata_props}
-    for key, value in changes.items():
-        if value is None:
-            entries.pop(key)
-        else:
-            entries[key] = value
-    del proto.metadata_props[:]
-    for key, value in entries.items():
-        proto.metadata_props.add(key=key, value=value)
-    rewrite(model_dir, proto)
-
-
-def meta(model_dir: Path, key: str) -> list[object]:
-    proto = onnx.load(model_dir / "model.onnx")
-    return json.loads(next(p.value for p in proto.metadata_props if p.key == key))
-
-
 def test_missing_metadata_is_refused(model_copy: Path) -> None:
     edit_metadata(model_copy, {"feature_names": None})
     with pytest.raises(ArtifactError, match="feature_names"):
@@ -76,13 +44,7 @@ def test_missing_metadata_is_refused(model_copy: Path) -> None:
 
 
 def test_feature_count_mismatch_is_refused(model_copy: Path) -> None:
-    edit_metadata(
-        model_copy,
-        {
-            key: json.dumps(meta(model_copy, key)[:-1])
-            for key in ("feature_names", "feature_mean", "feature_std")
-        },
-    )
+    drop_last_feature(model_copy)
     with pytest.raises(ArtifactError, match="features"):
         OnnxScorer.load(model_copy)
 
@@ -99,3 +61,36 @@ def test_a_server_with_a_broken_model_does_not_start(model_copy: Path, tmp_path:
     (model_copy / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(RuntimeError, match="sha256"):
         start_server(model_copy, tmp_path / "server.log")
+
+
+@pytest.mark.parametrize("shift", [1.5, -2.0, float("nan")])
+def test_a_model_whose_warm_up_is_not_a_probability_is_refused(
+    model_copy: Path, shift: float
+) -> None:
+    add_to_output(model_copy, shift)
+    with pytest.raises(ArtifactError, match="warm-up"):
+        OnnxScorer.load(model_copy)
+
+
+def test_a_model_without_the_named_output_is_refused(model_copy: Path) -> None:
+    edit_metadata(model_copy, {"output_name": "score"})
+    with pytest.raises(ArtifactError, match="outputs"):
+        OnnxScorer.load(model_copy)
+
+
+def test_a_model_without_the_named_input_is_refused(model_copy: Path) -> None:
+    edit_metadata(model_copy, {"input_name": "rows"})
+    with pytest.raises(ArtifactError, match="inputs"):
+        OnnxScorer.load(model_copy)
+
+
+def test_a_file_that_is_not_onnx_but_matches_its_manifest_is_refused(model_copy: Path) -> None:
+    import hashlib
+
+    data = b"not a model at all"
+    (model_copy / "model.onnx").write_bytes(data)
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
+        OnnxScorer.load(model_copy)
