@@ -1,10 +1,11 @@
 """Throughput and latency of POST /v1/score against three baselines, under wrk.
 
-Runs four targets one at a time, each under uvicorn with identical flags on a free loopback port:
-floor (a bare Starlette endpoint, benchmarks/baselines/floor.py), server (server.app), fastapi_ort
-(FastAPI + one onnxruntime run per request) and keras_predict (FastAPI + Keras model.predict);
-fastapi_ort_async, the same with an `async def` endpoint, runs only if asked for.
-Each gets the same 256 pre-encoded bodies, drawn with a fixed seed from normal distributions with
+Runs five targets one at a time, each under uvicorn with identical flags on a free loopback port:
+floor (a bare Starlette endpoint, benchmarks/baselines/floor.py), server (server.app), server_v2
+(server.app, the same rows as Open Inference Protocol JSON to /v2/models/<name>/infer),
+fastapi_ort (FastAPI + one onnxruntime run per request) and keras_predict (FastAPI + Keras
+model.predict); fastapi_ort_async, the same with an `async def` endpoint, runs only if asked for.
+Each gets the same 256 pre-encoded rows, drawn with a fixed seed from normal distributions with
 the training mean and std in the ONNX metadata, from `wrk --latency` at every concurrency: a
 warm-up run, then a measured one. It also times onnxruntime alone per row at batch 1, 8 and 64.
 Prints a table and the ratios the server is held to, and writes benchmarks/results/<UTC>.json and
@@ -41,15 +42,19 @@ from benchmarks.serving import ROOT, model_env, uvicorn_server, wait_ready
 from server.scorer import session_options
 
 LUA = ROOT / "benchmarks/wrk_post.lua"
+V1_SCORE = "/v1/score"
+V2_INFER = "/v2/models/{model}/infer"
+# target: (uvicorn factory, route it is measured on)
 TARGETS = {
-    "floor": "benchmarks.baselines.floor:create_app",
-    "server": "server.app:create_app",
-    "fastapi_ort": "benchmarks.baselines.fastapi_ort:create_app",
-    "keras_predict": "benchmarks.baselines.fastapi_keras:create_app",
+    "floor": ("benchmarks.baselines.floor:create_app", V1_SCORE),
+    "server": ("server.app:create_app", V1_SCORE),
+    "server_v2": ("server.app:create_app", V2_INFER),
+    "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE),
+    "keras_predict": ("benchmarks.baselines.fastapi_keras:create_app", V1_SCORE),
     # Not run by default: fastapi_ort with an `async def` endpoint, for comparison.
-    "fastapi_ort_async": "benchmarks.baselines.fastapi_ort:create_async_app",
+    "fastapi_ort_async": ("benchmarks.baselines.fastapi_ort:create_async_app", V1_SCORE),
 }
-DEFAULT_TARGETS = "floor,server,fastapi_ort,keras_predict"
+DEFAULT_TARGETS = "floor,server,server_v2,fastapi_ort,keras_predict"
 KERAS_RUN = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"), "model.keras")
 DISTINCT_BODIES = 256
 READY_TIMEOUT_S = 60.0
@@ -104,16 +109,16 @@ def time_ort(session: ort.InferenceSession, name: str, rows: np.ndarray) -> dict
     return result
 
 
-def check_score(port: int, body: str, key: str) -> str | None:
+def check_score(port: int, path: str, body: str, key: str) -> str | None:
     """None if one scoring request answers 200: a target that rejects the load is not measured."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"Content-Type": "application/json", "X-API-Key": key}
-        conn.request("POST", "/v1/score", body.encode(), headers)
+        conn.request("POST", path, body.encode(), headers)
         response = conn.getresponse()
         answer = response.read()
     except OSError as exc:
-        return f"POST /v1/score failed: {exc}"
+        return f"POST {path} failed: {exc}"
     finally:
         conn.close()
     return None if response.status == 200 else f"POST answered {response.status}: {answer!r:.300}"
@@ -139,12 +144,14 @@ def parse_wrk(out: str) -> dict[str, Any]:
     return result
 
 
-def run_wrk(port: int, concurrency: int, seconds: int, bodies: Path, key: str) -> dict[str, Any]:
+def run_wrk(
+    port: int, path: str, concurrency: int, seconds: int, bodies: Path, key: str
+) -> dict[str, Any]:
     # One wrk thread at every concurrency: this machine has 2 cores, the server (one worker, one
     # ORT thread) needs one, and one wrk thread sends ~20,000 requests/s here on a third of a core,
     # more than any target serves; a second wrk thread would take CPU from the server it measures.
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s"]
-    command += ["--latency", "-s", str(LUA), f"http://127.0.0.1:{port}/v1/score"]
+    command += ["--latency", "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
     command += ["--", str(bodies), key]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode:
@@ -157,22 +164,24 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def bench_target(
-    name: str, args: argparse.Namespace, env: dict[str, str], bodies: Path, key: str
+    name: str, args: argparse.Namespace, env: dict[str, str], bodies: dict[str, Path], key: str
 ) -> tuple[dict[str, Any], str | None]:
     """The target's wrk results per concurrency, printed as they come, and why it stopped if so."""
     runs: dict[str, Any] = {}
     error: str | None = None
+    app, route = TARGETS[name]
+    path, payloads = route.format(model=env["FRAUD_MODEL_NAME"]), bodies[route]
     try:
-        with uvicorn_server(TARGETS[name], env, timeout_s=READY_TIMEOUT_S) as server:
-            first = bodies.read_text().splitlines()[0]
-            error = check_score(server.port, first, key)
+        with uvicorn_server(app, env, timeout_s=READY_TIMEOUT_S) as server:
+            first = payloads.read_text().splitlines()[0]
+            error = check_score(server.port, path, first, key)
             for c in [] if error else args.concurrency:
                 if args.warmup:
-                    run_wrk(server.port, c, args.warmup, bodies, key)
+                    run_wrk(server.port, path, c, args.warmup, payloads, key)
                     # A target still working through requests wrk abandoned (keras_predict's
                     # thread pool) must not pass that backlog on to the next run.
                     wait_ready(server, "/v1/health/ready", READY_TIMEOUT_S)
-                runs[str(c)] = r = run_wrk(server.port, c, args.duration, bodies, key)
+                runs[str(c)] = r = run_wrk(server.port, path, c, args.duration, payloads, key)
                 p50, p99 = fmt(r.get("p50_ms")), fmt(r.get("p99_ms"))
                 print(ROW.format(name, c, f"{r['rps']:.1f}", p50, p99, r["errors"]), flush=True)
                 wait_ready(server, "/v1/health/ready", READY_TIMEOUT_S)
@@ -213,6 +222,11 @@ def print_summary(report: dict[str, Any]) -> None:
     missed = [g for g in report["goals"] if not g["met"]]
     print(f"goals met: {len(report['goals']) - len(missed)} of {len(report['goals'])}", end="")
     print("".join(f"; missed {g['ratio']} at c={g['concurrency']}" for g in missed))
+    v1, v2 = report["results"].get("server", {}), report["results"].get("server_v2", {})
+    if v1 and v2:
+        both = [str(c) for c in cs if str(c) in v1 and str(c) in v2]
+        shares = ", ".join(f"c={c}: {v2[c]['rps'] / v1[c]['rps']:.2f}" for c in both)
+        print(f"server_v2/server rps (v2 JSON infer over /v1/score): {shares}")
     per_row = ", ".join(f"batch {b}: {us:.2f}" for b, us in report["ort_us_per_row"].items())
     print(f"onnxruntime session.run alone, median us per row: {per_row}")
     for target, note in report["notes"].items():
@@ -277,10 +291,28 @@ def main() -> int:
     mean = np.asarray(json.loads(meta["feature_mean"]))
     std = np.asarray(json.loads(meta["feature_std"]))
     rows = np.random.default_rng(args.seed).normal(mean, std, size=(DISTINCT_BODIES, len(mean)))
-    bodies = [
-        json.dumps({"transaction_id": f"bench-{i}", "features": row.tolist()})
-        for i, row in enumerate(rows)
-    ]
+    bodies = {
+        V1_SCORE: [
+            json.dumps({"transaction_id": f"bench-{i}", "features": row.tolist()})
+            for i, row in enumerate(rows)
+        ],
+        V2_INFER: [
+            json.dumps(
+                {
+                    "id": f"bench-{i}",
+                    "inputs": [
+                        {
+                            "name": meta["input_name"],
+                            "datatype": "FP32",
+                            "shape": [1, len(row)],
+                            "data": row.tolist(),
+                        }
+                    ],
+                }
+            )
+            for i, row in enumerate(rows)
+        ],
+    }
     ort_us = time_ort(session, meta["input_name"], rows.astype(np.float32))
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
@@ -295,10 +327,12 @@ def main() -> int:
     print(ROW.format("target", "c", "rps", "p50 ms", "p99 ms", "errors"), flush=True)
     results, failures = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        bodies_path = Path(tmp) / "bodies.jsonl"
-        bodies_path.write_text("\n".join(bodies) + "\n")
+        paths = {}
+        for route, lines in bodies.items():
+            paths[route] = Path(tmp) / f"bodies-{len(paths)}.jsonl"
+            paths[route].write_text("\n".join(lines) + "\n")
         for target in args.targets:
-            results[target], error = bench_target(target, args, env, bodies_path, key)
+            results[target], error = bench_target(target, args, env, paths, key)
             if error:
                 failures[target] = error
     ratios, goals = compare(results, args.concurrency)

@@ -7,6 +7,7 @@ FRAUD_* environment variables.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -38,7 +39,8 @@ logger = logging.getLogger("uvicorn.error").getChild("fraud")
 def error_response(request: Request, error: ServingError) -> Response:
     """v1's `{"error": {"code", "message"}}`, or the Open Inference Protocol's
     `{"error": "<message>"}` under /v2, so that v2 clients can read every error."""
-    if route_path(request.scope).startswith("/v2"):
+    path = route_path(request.scope)
+    if path == "/v2" or path.startswith("/v2/"):
         return v2_error(error)
     return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
 
@@ -146,6 +148,10 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         yield
         if watcher is not None:
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if state.repository is not None:
+            await state.repository.close()
         snapshot, state.snapshot = state.snapshot, None
         if snapshot is not None:
             for service in snapshot.services.values():

@@ -54,8 +54,11 @@ def read_model_bytes(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
     """The model file's bytes, after checking them against the manifest's sha256."""
     try:
         manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
-        data = (model_dir / manifest.get("file", MODEL_FILE)).read_bytes()
-    except (OSError, ValueError, AttributeError) as exc:
+        name = manifest.get("file", MODEL_FILE)
+        if type(name) is not str or Path(name).name != name or name in ("", ".", ".."):
+            raise ArtifactError(f"{model_dir}: the manifest's file {name!r} is not a file name")
+        data = (model_dir / name).read_bytes()
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         raise ArtifactError(f"cannot read model folder {model_dir}: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.get("sha256"):

@@ -262,7 +262,7 @@ class Batcher(_BoundedQueue):
                 return None
             if self.max_delay_s > 0 and self._pending_rows < self.max_batch:
                 deadline = time.monotonic() + self.max_delay_s
-                while self._pending_rows < self.max_batch and not self._closed:
+                while self._pending_rows < self.max_batch and not (self._closed or self._retiring):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break

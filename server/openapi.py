@@ -45,7 +45,8 @@ V2_ERRORS = {
     503: "the model is not loaded yet, or the server is shedding load",
 }
 REPOSITORY_ERRORS = {
-    400: "a version was refused (the message says why); the versions served before still are",
+    400: "the newest version on disk was refused (the message says why); the versions served "
+    "before still are",
     401: "no X-API-Key header",
     403: "not an admin key (FRAUD_ADMIN_KEYS), or no admin key is configured",
     404: "unknown model, or the server runs without a repository",
@@ -211,6 +212,11 @@ def v2_schemas(n_features: int, max_rows: int) -> dict[str, Schema]:
                 "name": STRING,
                 "versions": array(STRING, description="Served now, newest (the default) first."),
                 "loaded": array(STRING, description="Loaded by this request."),
+                "refused": {
+                    "type": "object",
+                    "additionalProperties": STRING,
+                    "description": "Older versions refused by this request, with the reasons.",
+                },
             }
         ),
         "V2Error": obj({"error": STRING}),

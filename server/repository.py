@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio.to_thread
 
-from server.artifact import MANIFEST_FILE, MODEL_FILE
 from server.errors import ArtifactError, NotFound, SettingsError
 from server.scorer import Scorer
 from server.service import ScoringService
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
-# What a folder's files looked like when last read: (name, size, mtime) of each.
-Signature = tuple[tuple[str, int, int], ...]
+# What a folder's files looked like when last read: (name, size, mtime, ctime, inode) of each.
+Signature = tuple[tuple[str, int, int, int, int], ...]
 LoadScorer = Callable[[Path], Scorer]
 MakeService = Callable[[Scorer], ScoringService]
 
@@ -77,28 +77,32 @@ def version_key(version: str) -> int:
 
 
 def is_version(name: str) -> bool:
-    # Digits only: staging folders, dot-files and notes beside the versions are not versions.
-    return name.isascii() and name.isdigit()
+    # Canonical whole numbers only ("01" would collide with "1"): staging folders,
+    # dot-files and notes beside the versions are not versions.
+    return name.isascii() and name.isdigit() and name == str(int(name))
 
 
 def signature(folder: Path) -> Signature | None:
-    """A cheap fingerprint of a version folder: the manifest and model file stats.
+    """A cheap fingerprint of a version folder: every file's size, times and inode.
 
-    None when the folder is gone. A model file missing or unreadable still gives a
-    signature, so the attempt to load it is made once and refused, not skipped.
+    ctime and inode catch what mtime misses: a chmod, a copy that keeps times
+    (cp -p, rsync -a, tar), a file replaced by a rename. None when the folder is
+    gone or is no folder; an unreadable one gives a signature, so loading it is
+    tried once and refused rather than skipped.
     """
-    entries = []
-    for name in (MANIFEST_FILE, MODEL_FILE):
-        try:
-            stat = (folder / name).stat()
-            entries.append((name, stat.st_size, stat.st_mtime_ns))
-        except FileNotFoundError:
-            entries.append((name, -1, -1))
-        except OSError:
-            entries.append((name, -2, -2))
-    if not folder.is_dir():
+    try:
+        with os.scandir(folder) as entries:
+            files = []
+            for entry in entries:
+                stat = entry.stat()
+                files.append(
+                    (entry.name, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+                )
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return tuple(entries)
+    except OSError as exc:
+        return (("unreadable", exc.errno or 0, 0, 0, 0),)
+    return tuple(sorted(files))
 
 
 def scan(model_root: Path) -> dict[str, Signature]:
@@ -116,12 +120,13 @@ def scan(model_root: Path) -> dict[str, Signature]:
 
 
 def model_names(root: Path) -> list[str]:
-    """The folders under the repository root that hold at least one version folder."""
+    """The folders under the repository root that hold at least one version folder;
+    unreadable ones (a volume's lost+found) are not models."""
     try:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as exc:
         raise SettingsError(f"cannot read the model repository {root}: {exc}") from exc
-    return [p.name for p in folders if any(is_version(c.name) for c in p.iterdir())]
+    return [folder.name for folder in folders if scan(folder)]
 
 
 def resolve_model_name(root: Path, name: str | None) -> str:
@@ -159,11 +164,19 @@ class ModelRepository:
         self.loads_ok = 0
         self.loads_refused = 0
         self._lock = asyncio.Lock()
+        self._closed = False
 
     async def refresh(self, force: bool = False) -> PassResult:
         """One pass over the folder; `force` retries refused versions whose files did not change."""
         async with self._lock:
+            if self._closed:
+                return PassResult()
             return await self._refresh(force)
+
+    async def close(self) -> None:
+        """Wait for a pass under way, then take no more: shutdown closes what is served."""
+        async with self._lock:
+            self._closed = True
 
     async def _refresh(self, force: bool) -> PassResult:
         result = PassResult()
@@ -180,8 +193,10 @@ class ModelRepository:
                 continue
             try:
                 service = await self._load(version)
-            except (ArtifactError, SettingsError) as exc:
-                reason = str(exc)
+            except Exception as exc:  # whatever a broken folder raises, it must not end the pass
+                if not isinstance(exc, ArtifactError | SettingsError):
+                    logger.exception("loading model %s version %s failed", self.name, version)
+                reason = str(exc) or type(exc).__name__
                 self.loads_refused += 1
                 result.refused[version] = reason
                 kept = state.service if state is not None else None

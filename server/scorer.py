@@ -49,9 +49,12 @@ class OnnxScorer:
             )
         except Exception as exc:  # onnxruntime raises its own, unexported exception types
             raise ArtifactError(f"onnxruntime cannot load {model_dir}: {exc}") from exc
+        opset = manifest.get("opset", 0)
+        if type(opset) is not int:
+            raise ArtifactError(f"the manifest's opset {opset!r} is not an integer")
         info = dataclasses.replace(
             parse_metadata(session.get_modelmeta().custom_metadata_map, manifest["sha256"]),
-            opset=int(manifest.get("opset", 0)),
+            opset=opset,
             runtime=f"onnxruntime {ort.__version__}",
         )
         inputs = session.get_inputs()
@@ -78,6 +81,9 @@ class OnnxScorer:
     def warm_up(self) -> None:
         """One inference on the training means: allocates buffers and proves the graph runs."""
         row = np.asarray([self.info.feature_mean], dtype=np.float32)
-        probability = self.predict(row)
+        try:
+            probability = self.predict(row)
+        except Exception as exc:  # onnxruntime's errors, or an output of the wrong shape
+            raise ArtifactError(f"warm-up failed: {exc}") from exc
         if not (np.isfinite(probability).all() and 0.0 <= probability[0] <= 1.0):
             raise ArtifactError(f"warm-up produced {probability!r}, not a probability")

@@ -77,8 +77,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}MAX_QUEUE_DELAY_US must be within [0, 1000000]")
         if self.max_versions < 0:
             raise SettingsError(f"{PREFIX}MAX_VERSIONS must be 0 (all) or more")
-        if not 0 <= self.poll_interval_s <= 86_400:
-            raise SettingsError(f"{PREFIX}POLL_INTERVAL_S must be within [0, 86400]")
+        if not (self.poll_interval_s == 0 or 0.1 <= self.poll_interval_s <= 86_400):
+            raise SettingsError(f"{PREFIX}POLL_INTERVAL_S must be 0 (off) or within [0.1, 86400]")
         if self.model_name is not None and not is_folder_name(self.model_name):
             raise SettingsError(f"{PREFIX}MODEL_NAME must be a plain folder name")
         for name in ("review_threshold", "decline_threshold"):
@@ -94,6 +94,11 @@ class Settings:
             value = env.get(PREFIX + name)
             return value.strip() if value is not None else None
 
+        if get("MODEL_DIR") is not None:
+            raise SettingsError(
+                f"{PREFIX}MODEL_DIR is no longer read: set {PREFIX}MODEL_REPOSITORY to the folder"
+                " holding <name>/<version>/ (and FRAUD_MODEL_NAME if it holds several models)"
+            )
         values: dict[str, object] = {}
         if repository := get("MODEL_REPOSITORY"):
             values["model_repository"] = Path(repository)

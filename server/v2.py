@@ -13,7 +13,14 @@ from starlette.routing import Route
 
 from server.auth import HEADER, ApiKeyGuard
 from server.endpoints import JSONResponse, ServerState
-from server.errors import BadRequest, InvalidApiKey, NotFound, PayloadTooLarge, ServingError
+from server.errors import (
+    BadRequest,
+    InvalidApiKey,
+    MissingApiKey,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+)
 from server.repository import ModelRepository
 from server.service import ScoringService
 from server.tensors import encode_response, parse_infer_request, split_body
@@ -162,20 +169,32 @@ class V2Endpoints:
             snapshot = self.state.ready_snapshot()
         except ServingError as error:
             return v2_error(error)
-        if result.refused:
-            reasons = "; ".join(f"version {v}: {r}" for v, r in result.refused.items())
+        # A failure only if the newest version on disk is not what serves by default now: an
+        # old broken folder left beside a good newer version does not fail every load.
+        newest = snapshot.latest.info.version
+        blocking = {v: r for v, r in result.refused.items() if int(v) >= int(newest)}
+        if blocking:
+            reasons = "; ".join(f"version {v}: {r}" for v, r in blocking.items())
             return v2_error(
                 BadRequest(f"refused {reasons}; serving versions {', '.join(snapshot.services)}")
             )
         return JSONResponse(
-            {"name": snapshot.name, "versions": list(snapshot.services), "loaded": result.loaded}
+            {
+                "name": snapshot.name,
+                "versions": list(snapshot.services),
+                "loaded": result.loaded,
+                "refused": result.refused,
+            }
         )
 
     def admin(self, request: Request) -> ModelRepository:
         """The repository, for a caller holding an admin key."""
+        presented = request.headers.get(HEADER)
         if self.admin_guard is None:
+            if not presented:
+                raise MissingApiKey()
             raise InvalidApiKey("the repository routes are off: no admin key is configured")
-        self.admin_guard.check(request.headers.get(HEADER))
+        self.admin_guard.check(presented)
         if self.state.repository is None:
             raise NotFound("this server has no model repository")
         return self.state.repository

@@ -46,8 +46,9 @@ def meta(model_dir: Path, key: str) -> list[object]:
     return json.loads(next(p.value for p in proto.metadata_props if p.key == key))
 
 
-def add_to_output(model_dir: Path, value: float) -> None:
-    """Make the graph answer probability + value (NaN for value=nan): a model that lies."""
+def add_to_output(model_dir: Path, value: float | list[float]) -> None:
+    """Make the graph answer probability + value (NaN for value=nan): a model that lies.
+    A list of two values makes it answer two columns per row."""
     proto = onnx.load(model_dir / "model.onnx")
     output = proto.graph.output[0].name
     for node in proto.graph.node:

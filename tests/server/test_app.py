@@ -266,11 +266,13 @@ def test_models_reports_the_default_version_and_loads() -> None:
 def test_router_errors_under_v2_use_the_v2_shape() -> None:
     with make_client() as client:
         missing = client.get("/v2/no/such/route")
+        lookalike = client.get("/v2x")
         wrong_method = client.get("/v2/models/fake/infer")
         v1_missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and isinstance(missing.json()["error"], str)
     assert wrong_method.status_code == 405 and isinstance(wrong_method.json()["error"], str)
     assert v1_missing.json()["error"]["code"] == "not_found"
+    assert lookalike.json()["error"]["code"] == "not_found"  # not under /v2
 
 
 def test_repository_routes_need_an_admin_key() -> None:
@@ -282,5 +284,6 @@ def test_repository_routes_need_an_admin_key() -> None:
             answer = client.post(path, headers={"X-API-Key": "admin-key-123"})
             assert answer.status_code == 404 and "no model repository" in answer.json()["error"]
     with make_client() as client:  # no admin key configured: the routes are off
+        assert client.post("/v2/repository/index").status_code == 401
         answer = client.post("/v2/repository/index", headers={"X-API-Key": KEY})
         assert answer.status_code == 403 and "no admin key" in answer.json()["error"]

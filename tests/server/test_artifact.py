@@ -94,3 +94,26 @@ def test_a_file_that_is_not_onnx_but_matches_its_manifest_is_refused(model_copy:
     (model_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
         OnnxScorer.load(model_copy)
+
+
+def test_a_model_answering_two_columns_is_refused(model_copy: Path) -> None:
+    add_to_output(model_copy, [0.0, 0.0])
+    with pytest.raises(ArtifactError, match="warm-up failed"):
+        OnnxScorer.load(model_copy)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"opset": "seventeen"}, "opset"),
+        ({"file": ["model.onnx"]}, "not a file name"),
+        ({"file": "../1/model.onnx"}, "not a file name"),
+    ],
+)
+def test_a_malformed_manifest_is_refused(
+    model_copy: Path, changes: dict[str, object], reason: str
+) -> None:
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    (model_copy / "manifest.json").write_text(json.dumps(manifest | changes))
+    with pytest.raises(ArtifactError, match=reason):
+        OnnxScorer.load(model_copy)

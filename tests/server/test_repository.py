@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from server.app import make_service
 from server.errors import ArtifactError, NotFound, SettingsError
-from server.repository import ModelRepository, Snapshot, resolve_model_name, scan
+from server.repository import ModelRepository, Snapshot, resolve_model_name, scan, signature
 from server.service import ScoringService
 from server.settings import Settings
 from tests.server.fakes import FakeScorer, fake_info
@@ -50,6 +51,8 @@ class FakeLoader:
             raise ArtifactError(f"cannot read model folder {folder}: {exc}") from exc
         if manifest.get("broken"):
             raise ArtifactError(manifest["broken"])
+        if manifest.get("crash"):  # not an ArtifactError: an error nobody foresaw
+            raise ValueError(manifest["crash"])
         self.loaded.append(folder.name)
         scorer = FakeScorer()
         scorer.info = fake_info(name=manifest["name"], version=manifest["version"])
@@ -88,9 +91,27 @@ def served(repo: ModelRepository) -> list[str]:
 def test_versions_are_numbers_newest_first_and_nothing_else(tmp_path: Path) -> None:
     for version in ("2", "10", "9"):
         write_version(tmp_path, version)
-    for other in (".staging-11", "latest", "README.md", "3a"):
+    for other in (".staging-11", "latest", "README.md", "3a", "07"):
         (tmp_path / NAME / other).mkdir()
+    (tmp_path / NAME / "12").write_text("a file, not a version folder")
     assert list(scan(tmp_path / NAME)) == ["10", "9", "2"]
+
+
+def test_a_folder_signature_changes_with_what_mtime_misses(tmp_path: Path) -> None:
+    folder = write_version(tmp_path, "1")
+    manifest = folder / "manifest.json"
+    before = signature(folder)
+    os.chmod(manifest, 0o600)  # only ctime moves
+    after_chmod = signature(folder)
+    assert after_chmod != before
+    # Same size and mtime, new inode: a copy that keeps times, renamed into place.
+    stat = manifest.stat()
+    replacement = folder / "replacement"
+    replacement.write_text(manifest.read_text().replace(NAME, NAME.upper()))
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, manifest)
+    assert signature(folder) != after_chmod
+    assert signature(tmp_path / "gone") is None
 
 
 def test_the_model_name_comes_from_the_repository_when_it_holds_one(tmp_path: Path) -> None:
@@ -243,6 +264,20 @@ def test_max_versions_serves_only_the_newest_good_ones(tmp_path: Path) -> None:
         assert served(repo) == ["5", "3"] and result.retired == ["2"]
 
     asyncio.run(scenario())
+
+
+def test_an_unforeseen_error_is_a_refusal_and_the_pass_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_version(tmp_path, "1")
+    write_version(tmp_path, "2", crash="cannot reshape array of size 2 into shape (1,)")
+    write_version(tmp_path, "3")
+    repo, _, _ = repository(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="uvicorn.error.fraud"):
+        result = asyncio.run(repo.refresh())
+    assert result.refused == {"2": "cannot reshape array of size 2 into shape (1,)"}
+    assert served(repo) == ["3", "1"] and repo.loads_refused == 1
+    assert "Traceback" in caplog.text  # unforeseen: logged with its stack
 
 
 def test_a_version_whose_thresholds_clash_with_the_settings_is_refused(tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ def test_an_admin_key_must_not_score() -> None:
         {"FRAUD_INSECURE_DISABLE_AUTH": "maybe"},
         {"FRAUD_MAX_VERSIONS": "-1"},
         {"FRAUD_POLL_INTERVAL_S": "-1"},
+        {"FRAUD_POLL_INTERVAL_S": "0.01"},
+        {"FRAUD_MODEL_DIR": "models/creditcard/1"},
         {"FRAUD_POLL_INTERVAL_S": "soon"},
         {"FRAUD_MODEL_NAME": "../elsewhere"},
         {"FRAUD_MODEL_NAME": ".."},
