@@ -11,9 +11,11 @@ import contextlib
 import functools
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,11 +27,16 @@ from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
 from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState, route_path
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
+from server.logs import use_json_logs
+from server.metrics import GaugeSource, Labels, Metrics, MetricsExporter
+from server.middleware import RequestContext
 from server.openapi import openapi_document
+from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot, resolve_model_name
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
+from server.shutdown import GracefulShutdown
 from server.v2 import V2Endpoints, v2_error
 
 # A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
@@ -72,38 +79,92 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(request, ServingError("internal error"))
 
 
-def make_runner(scorer: Scorer, settings: Settings) -> Runner:
+def make_runner(scorer: Scorer, settings: Settings, metrics: Metrics | None = None) -> Runner:
     if settings.inference_mode == "inline":
-        return InlineRunner(scorer.predict)
+        return InlineRunner(scorer.predict, metrics)
     runner = Batcher if settings.inference_mode == "thread" else LoopBatcher
     return runner(
         scorer.predict,
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
         max_delay_s=settings.max_queue_delay_us / 1e6,
+        metrics=metrics,
     )
 
 
-def make_service(scorer: Scorer, settings: Settings) -> ScoringService:
+def make_service(
+    scorer: Scorer, settings: Settings, metrics: Metrics | None = None
+) -> ScoringService:
     return ScoringService(
         scorer,
-        make_runner(scorer, settings),
+        make_runner(scorer, settings, metrics),
         settings.review_threshold,
         settings.decline_threshold,
         settings.max_batch_items,
+        metrics,
+        settings.ood_z,
     )
 
 
-def open_repository(settings: Settings, state: ServerState) -> ModelRepository:
+def open_repository(
+    settings: Settings, state: ServerState, metrics: Metrics | None
+) -> ModelRepository:
     root = settings.model_repository
     return ModelRepository(
         root,
         resolve_model_name(root, settings.model_name),
         functools.partial(OnnxScorer.load, intra_op_threads=settings.intra_op_threads),
-        functools.partial(make_service, settings=settings),
+        functools.partial(make_service, settings=settings, metrics=metrics),
         state.publish,
         settings.max_versions,
     )
+
+
+def serving_gauges(state: ServerState) -> GaugeSource:
+    """What the served versions look like now, read at scrape time."""
+
+    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
+        snapshot = state.snapshot
+        services = snapshot.services if snapshot is not None else {}
+        default = snapshot.latest.info.version if snapshot is not None else None
+        return {
+            "fraud_queue_depth": (
+                "Requests waiting for the model.",
+                (),
+                {(): float(sum(s.runner.queue_depth() for s in services.values()))},
+            ),
+            "fraud_model_info": (
+                "Served model versions (value 1); default marks the one used when unpinned.",
+                ("name", "version", "sha256", "default"),
+                {
+                    (s.info.name, v, s.info.sha256, str(v == default).lower()): 1.0
+                    for v, s in services.items()
+                },
+            ),
+            "fraud_draining": (
+                "1 once SIGTERM was received and the server is draining.",
+                (),
+                {(): float(state.draining)},
+            ),
+        }
+
+    return collect
+
+
+def repository_counters(state: ServerState) -> GaugeSource:
+    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
+        repository = state.repository
+        if repository is None:
+            return {}
+        return {
+            "fraud_model_loads": (
+                "Model version loads: ok, or refused by verification.",
+                ("result",),
+                {("ok",): repository.loads_ok, ("refused",): repository.loads_refused},
+            )
+        }
+
+    return collect
 
 
 def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> Starlette:
@@ -115,21 +176,39 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
     admin_guard = ApiKeyGuard(admin_keys) if admin_keys else None
     state = ServerState()
     endpoints = Endpoints(state, guard)
+    metrics = Metrics() if settings.metrics else None
+    exporter = MetricsExporter(metrics, settings.metrics_dir) if metrics is not None else None
+    if metrics is not None:
+        metrics.gauge_sources.append(serving_gauges(state))
+        metrics.counter_sources.append(repository_counters(state))
+    limiter = None
+    if settings.rate_limit_rps > 0:
+        burst = settings.rate_limit_burst or max(1, math.ceil(settings.rate_limit_rps))
+        limiter = RateLimiter(settings.rate_limit_rps, burst)
     v2 = V2Endpoints(
-        state, guard, admin_guard, settings.max_batch_body_bytes, settings.max_batch_items
+        state,
+        guard,
+        admin_guard,
+        settings.max_batch_body_bytes,
+        settings.max_batch_items,
+        metrics,
+        limiter,
     )
+    shutdown = GracefulShutdown(settings.shutdown_drain_s, settings.shutdown_timeout_s)
+    if settings.log_format == "json":
+        use_json_logs()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.insecure_disable_auth:
             logger.warning("FRAUD_INSECURE_DISABLE_AUTH is set: scoring needs no API key")
-        watcher: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         if scorer is not None:
-            service = make_service(scorer, settings)
+            service = make_service(scorer, settings, metrics)
             service.runner.start()
             state.publish(Snapshot(scorer.info.name, {scorer.info.version: service}))
         else:
-            repository = state.repository = open_repository(settings, state)
+            repository = state.repository = open_repository(settings, state, metrics)
             result = await repository.refresh()
             if state.snapshot is None:
                 # Nothing servable: stop start-up rather than run a server that is never ready.
@@ -139,30 +218,42 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
                     f" in {repository.model_root}{reasons}"
                 )
             if settings.poll_interval_s > 0:
-                watcher = asyncio.create_task(repository.watch(settings.poll_interval_s))
+                tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
+        if exporter is not None and exporter.file is not None:
+            tasks.append(asyncio.create_task(exporter.keep_dumping()))
+        if shutdown.install():
+            shutdown.on_drain = state.start_draining
         # Everything alive now lives as long as the process. Freezing it keeps the
         # collector's full passes from walking ~10^5 start-up objects, which
         # showed as ~25 ms stalls at p99 under load.
         gc.collect()
         gc.freeze()
         yield
-        if watcher is not None:
-            watcher.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await task
         if state.repository is not None:
             await state.repository.close()
         snapshot, state.snapshot = state.snapshot, None
         if snapshot is not None:
             for service in snapshot.services.values():
                 service.runner.close()
+        if exporter is not None:
+            exporter.close()
 
     async def openapi(request: Request) -> Response:
         """The API description; its schemas name the model's features, so it needs the model."""
         service = state.ready_service()
         return JSONResponse(openapi_document(service.info.feature_names, service.max_batch_items))
 
+    async def metrics_route(request: Request) -> Response:
+        if exporter is None:
+            raise NotFound("metrics are off (FRAUD_METRICS=false)")
+        return Response(exporter.render(), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
+        Route("/metrics", metrics_route, methods=["GET"]),
         Route("/v1/health/live", endpoints.live, methods=["GET"]),
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
@@ -174,12 +265,20 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         routes=routes,
         middleware=[
             Middleware(
+                RequestContext,
+                metrics=metrics,
+                access_log=settings.access_log,
+                draining=state.is_draining,
+            ),
+            Middleware(
                 ScoringRoutes,
                 state=state,
                 guard=guard,
                 max_body_bytes=settings.max_body_bytes,
                 max_batch_body_bytes=settings.max_batch_body_bytes,
-            )
+                metrics=metrics,
+                limiter=limiter,
+            ),
         ],
         lifespan=lifespan,
         exception_handlers={

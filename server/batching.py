@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from server.errors import ModelFailure, NotReady, Overloaded
+from server.metrics import Metrics
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
@@ -57,6 +59,18 @@ class _Job:
     rows: np.ndarray
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
+    queued: float  # perf_counter() when admitted
+
+
+def observe_run(metrics: Metrics | None, jobs: list[_Job], started: float, finished: float) -> None:
+    """Queue wait per request, inference time and rows per run. On the event loop only."""
+    if metrics is None:
+        return
+    queue = metrics.stages["queue"]
+    for job in jobs:
+        queue.observe(started - job.queued)
+    metrics.stages["inference"].observe(finished - started)
+    metrics.batch_rows.observe(sum(len(job.rows) for job in jobs))
 
 
 def run_model(predict: Predict, inputs: np.ndarray) -> np.ndarray:
@@ -79,8 +93,9 @@ def shutting_down() -> NotReady:
 class InlineRunner:
     """No queue, no thread: the model runs on the event loop. For comparison only."""
 
-    def __init__(self, predict: Predict) -> None:
+    def __init__(self, predict: Predict, metrics: Metrics | None = None) -> None:
         self._predict = predict
+        self.metrics = metrics
 
     def start(self) -> None:
         pass
@@ -95,16 +110,35 @@ class InlineRunner:
         return 0
 
     async def predict(self, rows: np.ndarray) -> np.ndarray:
-        return run_model(self._predict, rows)
+        return run_alone(self._predict, rows, self.metrics)
+
+
+def run_alone(predict: Predict, rows: np.ndarray, metrics: Metrics | None) -> np.ndarray:
+    """One request's own model run, with no wait in a queue."""
+    started = time.perf_counter()
+    try:
+        return run_model(predict, rows)
+    finally:
+        if metrics is not None:
+            finished = time.perf_counter()
+            metrics.stages["queue"].observe(0.0)
+            metrics.stages["inference"].observe(finished - started)
+            metrics.batch_rows.observe(len(rows))
 
 
 class _BoundedQueue:
     """What both batchers share: the bounds, the waiting jobs, and taking a batch of them."""
 
     def __init__(
-        self, predict: Predict, max_batch: int = 64, max_queue: int = 1024, max_delay_s: float = 0.0
+        self,
+        predict: Predict,
+        max_batch: int = 64,
+        max_queue: int = 1024,
+        max_delay_s: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._predict = predict
+        self.metrics = metrics
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
@@ -119,11 +153,13 @@ class _BoundedQueue:
         if self._closed:
             raise shutting_down()
         if len(self._pending) >= self.max_queue:
+            if self.metrics is not None:
+                self.metrics.shed += 1
             # Shed load now rather than let every queued request grow late.
             raise Overloaded(
                 "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
             )
-        job = _Job(rows, loop.create_future(), loop)
+        job = _Job(rows, loop.create_future(), loop, time.perf_counter())
         self._pending.append(job)
         self._pending_rows += len(rows)
         return job
@@ -141,9 +177,14 @@ class _BoundedQueue:
 
 class LoopBatcher(_BoundedQueue):
     def __init__(
-        self, predict: Predict, max_batch: int = 64, max_queue: int = 1024, max_delay_s: float = 0.0
+        self,
+        predict: Predict,
+        max_batch: int = 64,
+        max_queue: int = 1024,
+        max_delay_s: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(predict, max_batch, max_queue, max_delay_s)
+        super().__init__(predict, max_batch, max_queue, max_delay_s, metrics)
         self._flush_handle: asyncio.Handle | None = None
         self._flush_is_timer = False  # uvloop's timer handles are no asyncio.TimerHandle
         self._ran_recently = False  # the model ran in this turn of the loop or the last
@@ -171,7 +212,7 @@ class LoopBatcher(_BoundedQueue):
             # company (about 50 us here). Under load the model has always run in
             # the turn before, so at most the first request of a turn comes here.
             self._mark_run(loop)
-            return run_model(self._predict, rows)
+            return run_alone(self._predict, rows, self.metrics)
         job = self._admit(rows, loop)
         full = self._pending_rows >= self.max_batch
         if self._flush_handle is None:
@@ -206,7 +247,10 @@ class LoopBatcher(_BoundedQueue):
         batch = self._take_batch()
         if self._pending:  # more than one batch was waiting: the rest go next turn
             self._flush_handle = loop.call_soon(self._flush)
-        for job, result in zip(batch, score_batch(self._predict, batch), strict=True):
+        started = time.perf_counter()
+        results = score_batch(self._predict, batch)
+        observe_run(self.metrics, batch, started, time.perf_counter())
+        for job, result in zip(batch, results, strict=True):
             if job.future.done():  # a cancelled request (client gone) needs no answer
                 continue
             if isinstance(result, BaseException):
@@ -217,9 +261,14 @@ class LoopBatcher(_BoundedQueue):
 
 class Batcher(_BoundedQueue):
     def __init__(
-        self, predict: Predict, max_batch: int = 64, max_queue: int = 1024, max_delay_s: float = 0.0
+        self,
+        predict: Predict,
+        max_batch: int = 64,
+        max_queue: int = 1024,
+        max_delay_s: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(predict, max_batch, max_queue, max_delay_s)
+        super().__init__(predict, max_batch, max_queue, max_delay_s, metrics)
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
         self._retiring = False
@@ -271,7 +320,11 @@ class Batcher(_BoundedQueue):
 
     def _work(self) -> None:
         while (jobs := self._take()) is not None:
-            _deliver(jobs, score_batch(self._predict, jobs))
+            started = time.perf_counter()
+            results = score_batch(self._predict, jobs)
+            # Observed on the loop, with the answers: the tallies are not thread-safe.
+            run = functools.partial(observe_run, self.metrics, jobs, started, time.perf_counter())
+            _deliver(jobs, results, run)
 
 
 def score_batch(predict: Predict, jobs: list[_Job]) -> list[np.ndarray | BaseException]:
@@ -295,17 +348,26 @@ def score_batch(predict: Predict, jobs: list[_Job]) -> list[np.ndarray | BaseExc
     return results
 
 
-def _deliver(jobs: list[_Job], results: list[np.ndarray | BaseException]) -> None:
+def _deliver(
+    jobs: list[_Job],
+    results: list[np.ndarray | BaseException],
+    observe: Callable[[], None] | None = None,
+) -> None:
     """One wake-up per event loop per batch, not one per request."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, np.ndarray | BaseException]]] = {}
     for job, result in zip(jobs, results, strict=True):
         by_loop.setdefault(job.loop, []).append((job, result))
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            loop.call_soon_threadsafe(_resolve, items)
+            loop.call_soon_threadsafe(_resolve, items, observe)
+        observe = None  # once per batch, on one loop
 
 
-def _resolve(items: list[tuple[_Job, np.ndarray | BaseException]]) -> None:
+def _resolve(
+    items: list[tuple[_Job, np.ndarray | BaseException]], observe: Callable[[], None] | None
+) -> None:
+    if observe is not None:
+        observe()
     for job, result in items:
         if job.future.done():  # the client went away and its task was cancelled
             continue

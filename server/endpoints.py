@@ -8,6 +8,7 @@ transaction. Everything else is ordinary Starlette endpoints.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,11 +27,14 @@ from server.errors import (
     ServingError,
     UnsupportedMediaType,
 )
+from server.metrics import Metrics
 from server.payloads import parse_json
+from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot
 from server.service import ScoringService
 
 JSON_HEADER = (b"content-type", b"application/json")
+Score = Callable[[ScoringService, Any, float], Awaitable[Any]]
 API_KEY = HEADER.encode()
 
 
@@ -47,6 +51,19 @@ class ServerState:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.repository: ModelRepository | None = None
+        self.draining = False  # SIGTERM received: readiness says no, scoring goes on
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+    def is_draining(self) -> bool:
+        return self.draining
+
+    def ready_for_traffic(self) -> ScoringService:
+        """For the readiness routes: 503 before the model is loaded and while draining."""
+        if self.draining:
+            raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+        return self.ready_service()
 
     def publish(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -131,11 +148,15 @@ class ScoringRoutes:
         guard: ApiKeyGuard,
         max_body_bytes: int,
         max_batch_body_bytes: int,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.app = app
         self.state = state
         self.guard = guard
-        self.routes: dict[str, tuple[int, Callable[[ScoringService, Any], Awaitable[Any]]]] = {
+        self.metrics = metrics
+        self.limiter = limiter
+        self.routes: dict[str, tuple[int, Score]] = {
             "/v1/score": (max_body_bytes, ScoringService.score),
             "/v1/score/batch": (max_batch_body_bytes, ScoringService.score_batch),
         }
@@ -156,8 +177,11 @@ class ScoringRoutes:
             # its first value, as Starlette's Headers.get does on the other routes.
             headers = dict(reversed(scope["headers"]))
             presented = headers.get(API_KEY)
+            key = presented.decode("latin-1") if presented is not None else None
             # Authenticate before reading anything, so strangers learn nothing from validation.
-            self.guard.check(presented.decode("latin-1") if presented is not None else None)
+            self.guard.check(key)
+            if self.limiter is not None:
+                self.limiter.take(key or "")
             version = requested_version(scope["query_string"])
             self.state.ready_snapshot()
             require_json(headers.get(b"content-type"))
@@ -165,11 +189,19 @@ class ScoringRoutes:
             # The version is looked up only now, after the last await before the model
             # queue: a request never lands on a version that was swapped out meanwhile.
             service = self.state.ready_service(version)
-            result = await score(service, parse_json(body))
+            received = time.perf_counter()
+            result = await score(service, parse_json(body), received)
         except ServingError as error:
+            if error.status_code == 429 and self.metrics is not None:
+                self.metrics.rate_limited += 1
             await send_json(send, error.status_code, error.to_body(), error.headers)
             return
+        if self.metrics is None:
+            await send_json(send, 200, result)
+            return
+        encoding = time.perf_counter()
         await send_json(send, 200, result)
+        self.metrics.stages["encode"].observe(time.perf_counter() - encoding)
 
 
 class Endpoints:
@@ -181,7 +213,7 @@ class Endpoints:
         return JSONResponse({"status": "live"})
 
     async def ready(self, request: Request) -> Response:
-        service = self.state.ready_service()
+        service = self.state.ready_for_traffic()
         return JSONResponse(
             {"status": "ready", "model": service.info.name, "model_version": service.info.version}
         )

@@ -79,6 +79,13 @@ class InvalidRequest(ServingError):
     code = "invalid_request"
 
 
+class RateLimited(ServingError):
+    """Over the API key's request rate (FRAUD_RATE_LIMIT_RPS)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
 class NotReady(ServingError):
     status_code = 503
     code = "not_ready"

@@ -31,8 +31,12 @@ V1_ERRORS = {
     404: "not_found: the version asked for (?version=) is not served",
     415: "unsupported_media_type: Content-Type is not application/json",
     422: "invalid_request: valid JSON that is not a valid request; `field` names the culprit",
+    429: "rate_limited: over this key's FRAUD_RATE_LIMIT_RPS (with Retry-After)",
     500: "model_error: the model failed (never caused by input); internal_error otherwise",
     503: "not_ready (the model is not loaded yet) or overloaded (the queue is full)",
+}
+METRICS_ERRORS = {
+    404: "not_found: metrics are off (FRAUD_METRICS=false)",
 }
 V2_ERRORS = {
     400: "a bad request: not JSON, a wrong name, shape or datatype, NaN, infinite or "
@@ -41,6 +45,7 @@ V2_ERRORS = {
     403: "the API key is not valid",
     404: "unknown model or version",
     413: "the body is over FRAUD_MAX_BATCH_BODY_BYTES",
+    429: "over this key's FRAUD_RATE_LIMIT_RPS (with Retry-After)",
     500: "the model failed",
     503: "the model is not loaded yet, or the server is shedding load",
 }
@@ -52,9 +57,9 @@ REPOSITORY_ERRORS = {
     404: "unknown model, or the server runs without a repository",
     503: "the model is not loaded yet",
 }
-ERROR_HEADERS = {401: "WWW-Authenticate", 503: "Retry-After"}
-SCORE_ERRORS = (400, 401, 403, 404, 413, 415, 422, 500, 503)
-INFER_ERRORS = (400, 401, 403, 404, 413, 500, 503)
+ERROR_HEADERS = {401: "WWW-Authenticate", 429: "Retry-After", 503: "Retry-After"}
+SCORE_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 500, 503)
+INFER_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503)
 PINNABLE = ("/v1/score", "/v1/score/batch", "/v1/model")
 
 
@@ -98,6 +103,9 @@ def score_schemas(names: tuple[str, ...], max_items: int) -> dict[str, Schema]:
         "fraud_probability": PROBABILITY,
         "decision": {"type": "string", "enum": [APPROVE, REVIEW, DECLINE]},
         "model_version": STRING,
+        "out_of_distribution": BOOLEAN
+        | {"description": "A feature is beyond FRAUD_OOD_Z training standard deviations."},
+        "unusual_features": array(STRING, description="Those features, in model order."),
     }
     transactions = array(ref("ScoreRequest"), 1, max_items)
     return {
@@ -232,6 +240,8 @@ def responses(path: str, schema: Schema, statuses: tuple[int, ...]) -> Schema:
     texts, error = (V2_ERRORS, ref("V2Error")) if v2 else (V1_ERRORS, ref("V1Error"))
     if path.startswith("/v2/repository"):
         texts = REPOSITORY_ERRORS
+    elif path == "/metrics":
+        texts = METRICS_ERRORS
     answers: Schema = {
         "200": {"description": "OK", "content": {"application/json": {"schema": schema}}}
     }
@@ -283,6 +293,7 @@ def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
             "AdminKey",
         ),
         ("get", "/openapi.json", "This document", {"type": "object"}, (), None),
+        ("get", "/metrics", "Prometheus metrics", STRING, (404,), None),
     ]
     for path in (model, version):
         model_ready = obj({"name": STRING, "ready": {"const": True}})
@@ -332,6 +343,8 @@ def paths(names: tuple[str, ...]) -> dict[str, Schema]:
             operation["parameters"] = [ref("PinnedVersion", "parameters")]
         if path in bodies:
             operation["requestBody"] = bodies[path]
+        if path == "/metrics":  # Prometheus text exposition, not JSON
+            operation["responses"]["200"]["content"] = {"text/plain": {"schema": STRING}}
         if path.endswith("/infer"):  # JSON, or the binary extension's header + bytes
             operation["responses"]["200"]["content"] |= BINARY
             operation["responses"]["200"]["headers"] = {

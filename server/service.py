@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from server.batching import Runner
 from server.errors import ModelFailure, SettingsError
+from server.metrics import Metrics
 from server.payloads import ScoreRequest, parse_batch_request, parse_score_request
 from server.scorer import Scorer
 
@@ -25,11 +27,19 @@ class ScoringService:
         review_threshold: float | None = None,
         decline_threshold: float | None = None,
         max_batch_items: int = 1000,
+        metrics: Metrics | None = None,
+        ood_z: float = 6.0,
     ) -> None:
         self.scorer = scorer
         self.runner = runner
         self.info = scorer.info
         self.max_batch_items = max_batch_items
+        self.metrics = metrics
+        # A feature more than ood_z training standard deviations from its training mean
+        # marks the row out of distribution. Bounds computed once: two comparisons a row.
+        mean = np.asarray(self.info.feature_mean, dtype=np.float64)
+        spread = ood_z * np.asarray(self.info.feature_std, dtype=np.float64)
+        self._low, self._high = mean - spread, mean + spread
         # Settings override the thresholds chosen on validation at training time.
         self.review_threshold = (
             self.info.review_threshold if review_threshold is None else review_threshold
@@ -50,23 +60,31 @@ class ScoringService:
             return REVIEW
         return APPROVE
 
-    async def score(self, payload: Any) -> dict[str, Any]:
+    async def score(self, payload: Any, received: float | None = None) -> dict[str, Any]:
+        """One transaction; `received` (perf_counter) is when its body was read, for metrics."""
         request = parse_score_request(payload, self.info.feature_names)
-        probabilities = await self._predict([request])
-        return self._result(request, float(probabilities[0]))
+        rows = np.asarray([request.features], np.float32)
+        self._parsed(received)
+        probabilities = await self.predict_rows(rows)
+        return self._result(request, float(probabilities[0]), self._unusual(rows)[0])
 
-    async def score_batch(self, payload: Any) -> dict[str, Any]:
+    async def score_batch(self, payload: Any, received: float | None = None) -> dict[str, Any]:
         requests = parse_batch_request(payload, self.info.feature_names, self.max_batch_items)
-        probabilities = await self._predict(requests)
+        rows = np.asarray([r.features for r in requests], np.float32)
+        self._parsed(received)
+        probabilities = await self.predict_rows(rows)
         return {
             "results": [
-                self._result(r, float(p))
-                for r, p in zip(requests, probabilities.tolist(), strict=True)
+                self._result(r, p, unusual)
+                for r, p, unusual in zip(
+                    requests, probabilities.tolist(), self._unusual(rows), strict=True
+                )
             ]
         }
 
-    async def _predict(self, requests: list[ScoreRequest]) -> np.ndarray:
-        return await self.predict_rows(np.asarray([r.features for r in requests], np.float32))
+    def _parsed(self, received: float | None) -> None:
+        if self.metrics is not None and received is not None:
+            self.metrics.stages["parse"].observe(time.perf_counter() - received)
 
     async def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         """Validated (rows, F) float32 features -> probabilities, through the shared batcher."""
@@ -75,14 +93,33 @@ class ScoringService:
         if not (probabilities.min() >= 0.0 and probabilities.max() <= 1.0):
             logger.error("model %s returned values outside [0, 1]", self.info.version)
             raise ModelFailure("the model returned a value that is not a probability")
+        if self.metrics is not None:
+            self.metrics.probability.observe_many(probabilities.tolist())
         return probabilities
 
-    def _result(self, request: ScoreRequest, probability: float) -> dict[str, Any]:
+    def _unusual(self, rows: np.ndarray) -> list[list[str]]:
+        """Per row, the names of the features outside the training distribution."""
+        outside = (rows < self._low) | (rows > self._high)
+        if not outside.any():
+            return [[] for _ in range(len(rows))]
+        names = self.info.feature_names
+        return [[names[i] for i in np.flatnonzero(row)] for row in outside]
+
+    def _result(
+        self, request: ScoreRequest, probability: float, unusual: list[str]
+    ) -> dict[str, Any]:
+        decision = self.decide(probability)
+        if self.metrics is not None:
+            self.metrics.decisions[decision] = self.metrics.decisions.get(decision, 0) + 1
+            if unusual:
+                self.metrics.out_of_distribution += 1
         return {
             "transaction_id": request.transaction_id,
             "fraud_probability": probability,
-            "decision": self.decide(probability),
+            "decision": decision,
             "model_version": self.info.version,
+            "out_of_distribution": bool(unusual),
+            "unusual_features": unusual,
         }
 
     def describe(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ PREFIX = "FRAUD_"
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 INFERENCE_MODES = ("loop", "thread", "inline")
+LOG_FORMATS = ("json", "text")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,29 @@ class Settings:
     # POST /v1/score/batch: most transactions, and largest body, per request.
     max_batch_items: int = 1000
     max_batch_body_bytes: int = 1024 * 1024
+    # A feature further than this many training standard deviations from its training
+    # mean flags the transaction out of distribution.
+    ood_z: float = 6.0
+    # GET /metrics; off saves the tallies' cost (a few percent of throughput).
+    metrics: bool = True
+    # With several uvicorn workers: a folder, emptied before start, where each worker
+    # writes its tallies so that any worker's /metrics covers them all.
+    metrics_dir: Path | None = None
+    # Fraud probabilities in the score-drift window.
+    drift_window: int = 10_000
+    # Per-API-key token bucket on the scoring routes: requests/s (0: no limit) and burst
+    # (0: one second's worth). Per process.
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: int = 0
+    # Log lines as JSON objects ("json") or uvicorn's plain text ("text"); one line per
+    # request when access_log is on.
+    log_format: str = "json"
+    access_log: bool = False
+    # On SIGTERM: answer readiness with 503 and keep serving for drain_s (so load
+    # balancers stop sending), then stop taking connections, finish what is in flight,
+    # and exit; exit anyway once timeout_s has passed since the signal.
+    shutdown_drain_s: float = 0.0
+    shutdown_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -79,6 +103,19 @@ class Settings:
             raise SettingsError(f"{PREFIX}MAX_VERSIONS must be 0 (all) or more")
         if not (self.poll_interval_s == 0 or 0.1 <= self.poll_interval_s <= 86_400):
             raise SettingsError(f"{PREFIX}POLL_INTERVAL_S must be 0 (off) or within [0.1, 86400]")
+        if not 0 < self.ood_z <= 1e6:
+            raise SettingsError(f"{PREFIX}OOD_Z must be positive")
+        if self.drift_window < 100:
+            raise SettingsError(f"{PREFIX}DRIFT_WINDOW must be at least 100")
+        if self.rate_limit_rps < 0 or self.rate_limit_burst < 0:
+            raise SettingsError(f"{PREFIX}RATE_LIMIT_RPS and _BURST must not be negative")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"{PREFIX}LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= self.shutdown_drain_s < self.shutdown_timeout_s <= 3600:
+            raise SettingsError(
+                f"{PREFIX}SHUTDOWN_DRAIN_S must be at least 0 and below"
+                f" {PREFIX}SHUTDOWN_TIMEOUT_S, at most 3600"
+            )
         if self.model_name is not None and not is_folder_name(self.model_name):
             raise SettingsError(f"{PREFIX}MODEL_NAME must be a plain folder name")
         for name in ("review_threshold", "decline_threshold"):
@@ -109,8 +146,13 @@ class Settings:
                 values[name.lower()] = tuple(k.strip() for k in keys.split(",") if k.strip())
         if key_file := get("API_KEY_FILE"):
             values["api_key_file"] = Path(key_file)
-        if (insecure := get("INSECURE_DISABLE_AUTH")) is not None:
-            values["insecure_disable_auth"] = parse_bool("INSECURE_DISABLE_AUTH", insecure)
+        for name in ("INSECURE_DISABLE_AUTH", "METRICS", "ACCESS_LOG"):
+            if (raw := get(name)) is not None:
+                values[name.lower()] = parse_bool(name, raw)
+        if metrics_dir := get("METRICS_DIR"):
+            values["metrics_dir"] = Path(metrics_dir)
+        if log_format := get("LOG_FORMAT"):
+            values["log_format"] = log_format.lower()
         if mode := get("INFERENCE_MODE"):
             values["inference_mode"] = mode.lower()
         for name in ("REVIEW_THRESHOLD", "DECLINE_THRESHOLD"):
@@ -125,11 +167,20 @@ class Settings:
             "MAX_BATCH_ITEMS",
             "MAX_BATCH_BODY_BYTES",
             "MAX_VERSIONS",
+            "DRIFT_WINDOW",
+            "RATE_LIMIT_BURST",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)
-        if raw := get("POLL_INTERVAL_S"):
-            values["poll_interval_s"] = parse_number("POLL_INTERVAL_S", raw, float)
+        for name in (
+            "POLL_INTERVAL_S",
+            "OOD_Z",
+            "RATE_LIMIT_RPS",
+            "SHUTDOWN_DRAIN_S",
+            "SHUTDOWN_TIMEOUT_S",
+        ):
+            if raw := get(name):
+                values[name.lower()] = parse_number(name, raw, float)
         return cls(**values)  # type: ignore[arg-type]
 
     def resolved_api_keys(self) -> tuple[str, ...]:

@@ -6,6 +6,8 @@ would answer with 422 is a 400 here.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -21,6 +23,8 @@ from server.errors import (
     PayloadTooLarge,
     ServingError,
 )
+from server.metrics import Metrics
+from server.ratelimit import RateLimiter
 from server.repository import ModelRepository
 from server.service import ScoringService
 from server.tensors import encode_response, parse_infer_request, split_body
@@ -45,12 +49,16 @@ class V2Endpoints:
         admin_guard: ApiKeyGuard | None,
         max_body_bytes: int,
         max_rows: int,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.state = state
         self.guard = guard
         self.admin_guard = admin_guard
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
+        self.metrics = metrics
+        self.limiter = limiter
 
     def routes(self) -> list[Route]:
         model = "/v2/models/{name}"
@@ -87,7 +95,7 @@ class V2Endpoints:
 
     async def ready(self, request: Request) -> Response:
         try:
-            self.state.ready_service()
+            self.state.ready_for_traffic()
         except ServingError as error:
             return v2_error(error)
         return JSONResponse({"ready": True})
@@ -123,9 +131,13 @@ class V2Endpoints:
 
     async def infer(self, request: Request) -> Response:
         try:
-            self.guard.check(request.headers.get(HEADER))
+            key = request.headers.get(HEADER)
+            self.guard.check(key)
+            if self.limiter is not None:
+                self.limiter.take(key or "")
             self.model(request)  # 404 before reading a body meant for nobody
             body = await self.read_body(request)
+            received = time.perf_counter()
             # Looked up again after the last await: see ScoringRoutes.
             service = self.model(request)
             header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
@@ -138,11 +150,18 @@ class V2Endpoints:
                 (info.output_name,),
                 self.max_rows,
             )
+            if self.metrics is not None:
+                self.metrics.stages["parse"].observe(time.perf_counter() - received)
             probabilities = await service.predict_rows(infer.rows)
         except ServingError as error:
+            if error.status_code == 429 and self.metrics is not None:
+                self.metrics.rate_limited += 1
             return v2_error(error)
+        encoding = time.perf_counter()
         tensors = {info.output_name: np.asarray(probabilities).reshape(-1, 1)}
         content, header_length = encode_response(info.name, info.version, infer, tensors)
+        if self.metrics is not None:
+            self.metrics.stages["encode"].observe(time.perf_counter() - encoding)
         if header_length is None:
             return Response(content, media_type="application/json")
         return Response(

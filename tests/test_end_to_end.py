@@ -42,7 +42,14 @@ def test_original_plain_form_still_works(live_server: LiveServer, tiny_run: Path
     row = np.load(tiny_run / "test_rows.npz")["features"][0]
     with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
         answer = client.post("/v1/score", json={"features": [float(v) for v in row]}).json()
-    assert set(answer) == {"transaction_id", "fraud_probability", "decision", "model_version"}
+    assert set(answer) == {
+        "transaction_id",
+        "fraud_probability",
+        "decision",
+        "model_version",
+        "out_of_distribution",
+        "unusual_features",
+    }
     assert answer["transaction_id"] is None
 
 

@@ -46,6 +46,8 @@ def test_scores_and_decides_by_the_model_thresholds() -> None:
         "fraud_probability": pytest.approx(0.7),
         "decision": "REVIEW",
         "model_version": "7",
+        "out_of_distribution": False,
+        "unusual_features": [],
     }
 
 

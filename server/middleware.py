@@ -1,0 +1,140 @@
+"""The outermost ASGI layer: a request id on every answer, request counts and times,
+the optional access log, and `Connection: close` while the server drains."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import logs
+from server.endpoints import route_path
+from server.metrics import Metrics
+
+access_logger = logging.getLogger("uvicorn.error").getChild("fraud.access")
+
+REQUEST_ID = b"x-request-id"
+MAX_REQUEST_ID = 128
+STATIC_ROUTES = frozenset(
+    {
+        "/v1/score",
+        "/v1/score/batch",
+        "/v1/health/live",
+        "/v1/health/ready",
+        "/v1/model",
+        "/v1/models",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/repository/index",
+        "/metrics",
+        "/openapi.json",
+    }
+)
+
+
+def route_label(path: str) -> str:
+    """The route template a path belongs to: a bounded set, so that clients cannot
+    grow the metrics without limit by inventing paths."""
+    if path in STATIC_ROUTES:
+        return path
+    parts = path.split("/")
+    if path.startswith("/v2/models/") and 4 <= len(parts) <= 7 and parts[3]:
+        template = "/v2/models/{name}"
+        rest = parts[4:]
+        if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+            template += "/versions/{version}"
+            rest = rest[2:]
+        if not rest:
+            return template
+        if len(rest) == 1 and rest[0] in ("ready", "infer"):
+            return f"{template}/{rest[0]}"
+    if len(parts) == 6 and path.startswith("/v2/repository/models/") and parts[5] == "load":
+        return "/v2/repository/models/{name}/load"
+    return "other"
+
+
+def request_id_factory() -> Callable[[], bytes]:
+    """Ids unique across processes and restarts, cheaper than uuid4 per request."""
+    prefix = f"{os.getpid():x}{time.time_ns() % 0xFFFFFFFF:08x}-".encode()
+    counter = itertools.count(1)
+    return lambda: prefix + str(next(counter)).encode()
+
+
+def valid_request_id(value: bytes) -> bool:
+    # Printable ASCII without spaces, short: it goes into logs and response headers as is.
+    return (
+        0 < len(value) <= MAX_REQUEST_ID and value.isascii() and all(33 <= b < 127 for b in value)
+    )
+
+
+class RequestContext:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics | None,
+        access_log: bool,
+        draining: Callable[[], bool],
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+        self.draining = draining
+        self.new_id = request_id_factory()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID:
+                request_id = value if valid_request_id(value) else None
+                break
+        if request_id is None:
+            request_id = self.new_id()
+        scope["request_id"] = request_id
+        token = logs.request_id.set(request_id.decode("ascii"))
+        status = 500  # what the client gets if the app fails before answering
+        draining = self.draining()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((REQUEST_ID, request_id))
+                if draining:
+                    # Clients move to another instance instead of reusing this connection.
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            logs.request_id.reset(token)
+            if self.metrics is not None or self.access_log:
+                route = route_label(route_path(scope))
+                if self.metrics is not None:
+                    self.metrics.count_request(route, status, seconds)
+                if self.access_log:
+                    access_logger.info(
+                        "%s %s %d",
+                        scope["method"],
+                        route,
+                        status,
+                        extra={
+                            "request_id": request_id.decode("ascii"),
+                            "method": scope["method"],
+                            "route": route,
+                            "status": status,
+                            "duration_ms": round(seconds * 1000, 3),
+                        },
+                    )

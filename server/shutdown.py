@@ -1,0 +1,76 @@
+"""Graceful shutdown on SIGTERM: not ready at once, drain, then uvicorn's own stop.
+
+uvicorn stops on SIGTERM by closing its listening socket, letting requests in
+flight finish, and running the lifespan's shutdown. Before handing the signal on,
+this answers readiness with 503 for `drain_s` seconds while still serving, so a
+load balancer stops sending new work before the socket closes; responses then
+carry `Connection: close` so clients do not hold idle connections to a server
+that is about to go. A watchdog ends the process `timeout_s` after the signal if
+the rest has not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+logger = logging.getLogger("uvicorn.error").getChild("fraud")
+
+Handler = Callable[[int, FrameType | None], object]
+
+
+class GracefulShutdown:
+    def __init__(self, drain_s: float, timeout_s: float) -> None:
+        self.drain_s = drain_s
+        self.timeout_s = timeout_s
+        self.draining = False
+        self.on_drain: Callable[[], None] = lambda: None
+        self._passed_on: Handler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> bool:
+        """Take SIGTERM over from uvicorn (whose handler is kept and called after the
+        drain). Only the main thread can; elsewhere (a test client) nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return False  # not run by uvicorn: leave the default behaviour alone
+        self._passed_on = previous
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        return True
+
+    def _on_sigterm(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.on_drain()
+        logger.info(
+            "SIGTERM: not ready; draining for %.1f s, then stopping (at most %.1f s)",
+            self.drain_s,
+            self.timeout_s,
+        )
+        assert self._loop is not None
+        self._loop.call_later(self.drain_s, self._stop)
+        # A thread, not the loop: it must fire even if the loop is stuck.
+        watchdog = threading.Timer(self.timeout_s, self._give_up)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _stop(self) -> None:
+        assert self._loop is not None and self._passed_on is not None
+        self._loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._passed_on)
+        self._passed_on(signal.SIGTERM, None)
+
+    def _give_up(self) -> None:
+        logger.error("shutdown took over %.1f s; exiting now", self.timeout_s)
+        for handler in logging.getLogger("uvicorn").handlers:
+            handler.flush()
+        os._exit(1)
