@@ -10,6 +10,8 @@ import json
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 
+import numpy as np
+
 from export.convert import INPUT_NAME, OPSET, OUTPUT_NAME
 from training.preprocessing import Preprocessing
 
@@ -17,6 +19,7 @@ SCHEMA_VERSION = "1"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
+SCORE_BINS = 10
 
 
 def tool_versions() -> dict[str, str]:
@@ -31,6 +34,7 @@ def build_metadata(
     metrics: dict[str, object],
     data: dict[str, object],
     created_at: str,
+    score_reference: dict[str, object],
 ) -> dict[str, str]:
     """Every value is a string (ONNX metadata_props); structured ones are JSON."""
 
@@ -52,6 +56,32 @@ def build_metadata(
         "data_source": str(data["source"]),
         "data_sha256": str(data["sha256"]),
         "tool_versions": dump(tool_versions()),
+        "score_reference": dump(score_reference),
+    }
+
+
+def build_score_reference(
+    scores: np.ndarray, source: str = "test", bins: int = SCORE_BINS
+) -> dict[str, object]:
+    """The distribution of the model's probabilities, for the server's drift (PSI) gauge.
+
+    Fraud probabilities pile up near 0, so equal-width bins would put nearly every score in
+    the first one; the cut points are the reference scores' quantiles instead (deciles by
+    default), each bin then holding about 1/bins of them. Ties (many equal scores) make equal
+    quantiles, which collapse into one edge. `edges` are the inner cut points only: bin i
+    holds edges[i-1] <= p < edges[i], and the outer bins reach -inf and +inf, so every
+    probability falls in exactly one bin (the server bisects the same way).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size == 0 or not np.all(np.isfinite(scores)):
+        raise ValueError("a score reference needs some scores, all finite")
+    edges = np.unique(np.quantile(scores, np.arange(1, bins) / bins))
+    counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(edges) + 1)
+    return {
+        "edges": edges.tolist(),
+        "proportions": (counts / scores.size).tolist(),
+        "source": source,
+        "count": int(scores.size),
     }
 
 

@@ -12,10 +12,14 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training import train as run_files
+
+if TYPE_CHECKING:
+    import onnx
 
 # Sample rows of the test period, written beside the model card.
 SAMPLES_FILE = "samples.json"
@@ -63,6 +67,22 @@ def dump_samples(samples: dict[str, object]) -> str:
     )
 
 
+def onnx_scores(proto: onnx.ModelProto, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """The graph's probabilities for raw rows: what the server will see for them."""
+    import onnxruntime as ort
+
+    from export.convert import INPUT_NAME, OUTPUT_NAME
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = rows.astype(np.float32)
+    return np.concatenate(
+        [
+            session.run([OUTPUT_NAME], {INPUT_NAME: rows[i : i + batch]})[0].ravel()
+            for i in range(0, len(rows), batch)
+        ]
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="training output folder")
@@ -81,7 +101,14 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
     """Convert and verify; write the version folder only when every check passed."""
     import keras
 
-    from export.artifact import MANIFEST_FILE, MODEL_FILE, build_manifest, build_metadata, utc_now
+    from export.artifact import (
+        MANIFEST_FILE,
+        MODEL_FILE,
+        build_manifest,
+        build_metadata,
+        build_score_reference,
+        utc_now,
+    )
     from export.convert import convert, embed_metadata
     from export.verify import check_graph, check_parity
     from training.preprocessing import Preprocessing
@@ -102,10 +129,19 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
 
     created_at = utc_now()
     proto = convert(model, prep)
+    # Scored before embedding (metadata does not change the outputs) so that the checks below
+    # see the final proto, reference included; nothing is written unless they all pass.
+    score_reference = build_score_reference(onnx_scores(proto, test_rows), source="test")
     embed_metadata(
         proto,
         build_metadata(
-            name=name, version=version, prep=prep, metrics=metrics, data=data, created_at=created_at
+            name=name,
+            version=version,
+            prep=prep,
+            metrics=metrics,
+            data=data,
+            created_at=created_at,
+            score_reference=score_reference,
         ),
         version,
     )

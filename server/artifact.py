@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.drift import check_reference
 from server.errors import ArtifactError
 
 SCHEMA_VERSION = "1"
@@ -30,6 +31,8 @@ REQUIRED_KEYS = (
     "feature_std",
     "created_at",
 )
+# Optional: artifacts exported before score drift existed lack it and still load.
+SCORE_REFERENCE_KEY = "score_reference"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class ModelInfo:
     sha256: str
     opset: int = 0  # from the manifest
     runtime: str = ""  # the library that runs the model, with its version
+    # (edges, proportions) of the test-split scores at export, for server/drift.py.
+    score_reference: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def read_model_bytes(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
@@ -88,6 +93,7 @@ def parse_metadata(meta: dict[str, str], sha256: str) -> ModelInfo:
             feature_std=tuple(float(v) for v in json.loads(meta["feature_std"])),
             created_at=meta["created_at"],
             sha256=sha256,
+            score_reference=parse_score_reference(meta.get(SCORE_REFERENCE_KEY)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"model metadata is malformed: {exc}") from exc
@@ -98,3 +104,21 @@ def parse_metadata(meta: dict[str, str], sha256: str) -> ModelInfo:
     if not 0.0 <= info.review_threshold <= info.decline_threshold <= 1.0:
         raise ArtifactError("thresholds must satisfy 0 <= review <= decline <= 1")
     return info
+
+
+def parse_score_reference(value: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """JSON {"edges": [...], "proportions": [...], ...} -> (edges, proportions), or None when
+    the key is absent. The other fields (source, count) are for people reading the artifact."""
+    if value is None:
+        return None
+    try:
+        reference = json.loads(value)
+        edges, proportions = reference["edges"], reference["proportions"]
+        numbers = [*edges, *proportions]
+        if not all(type(v) in (int, float) for v in numbers):  # bool is an int but not a number
+            raise TypeError("edges and proportions must be lists of numbers")
+        parsed = tuple(float(v) for v in edges), tuple(float(v) for v in proportions)
+        check_reference(*parsed)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{SCORE_REFERENCE_KEY} is malformed: {exc!r}") from exc
+    return parsed

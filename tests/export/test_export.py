@@ -152,3 +152,37 @@ def test_samples_are_real_test_rows(tiny_model_dir: Path, tiny_run: Path) -> Non
     for row in samples["rows"]:
         match = np.flatnonzero((test["features"] == np.float32(row["features"])).all(axis=1))
         assert len(match) >= 1 and bool(test["labels"][match[0]]) == row["fraud"]
+
+
+def test_score_reference_bins_the_onnx_scores_of_the_test_rows(
+    tiny_model_dir: Path, tiny_run: Path
+) -> None:
+    meta = {p.key: p.value for p in onnx.load(tiny_model_dir / MODEL_FILE).metadata_props}
+    reference = json.loads(meta["score_reference"])
+    edges, proportions = np.asarray(reference["edges"]), np.asarray(reference["proportions"])
+    rows = np.load(tiny_run / "test_rows.npz")["features"]
+    assert reference["source"] == "test" and reference["count"] == len(rows)
+    assert len(proportions) == len(edges) + 1 and np.all(np.diff(edges) > 0)
+    assert np.all(proportions >= 0) and abs(proportions.sum() - 1.0) < 1e-9
+    session = ort.InferenceSession(str(tiny_model_dir / MODEL_FILE))
+    scores = session.run(None, {"features": rows})[0].ravel().astype(np.float64)
+    counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(proportions))
+    # One batch here, chunks of 4096 at export: allow a score on an edge to round across it.
+    assert np.abs(counts / len(scores) - proportions).max() <= 1 / len(scores)
+
+
+def test_score_reference_cuts_at_quantiles_and_collapses_ties() -> None:
+    from export.artifact import build_score_reference
+
+    # Half the scores are one value, as when a model saturates near 0.
+    scores = np.concatenate([np.full(500, 1e-4), np.linspace(0.001, 0.9, 500)])
+    reference = build_score_reference(scores)
+    edges, proportions = reference["edges"], reference["proportions"]
+    assert isinstance(edges, list) and isinstance(proportions, list)
+    assert len(edges) < 9 and edges == sorted(set(edges))
+    assert len(proportions) == len(edges) + 1 and sum(proportions) == pytest.approx(1.0)
+    # The tie is one bin, the rest roughly deciles.
+    assert max(proportions) == pytest.approx(0.5)
+    assert reference["count"] == 1000
+    with pytest.raises(ValueError, match="finite"):
+        build_score_reference(np.asarray([0.1, np.nan]))

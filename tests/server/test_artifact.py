@@ -117,3 +117,41 @@ def test_a_malformed_manifest_is_refused(
     (model_copy / "manifest.json").write_text(json.dumps(manifest | changes))
     with pytest.raises(ArtifactError, match=reason):
         OnnxScorer.load(model_copy)
+
+
+def test_the_score_reference_is_read(model_copy: Path) -> None:
+    from server.drift import ScoreDrift
+
+    info = OnnxScorer.load(model_copy).info
+    assert info.score_reference is not None
+    edges, proportions = info.score_reference
+    assert len(proportions) == len(edges) + 1 and abs(sum(proportions) - 1.0) < 1e-6
+    ScoreDrift(edges, proportions)  # usable as it is
+
+
+def test_an_artifact_without_a_score_reference_loads(model_copy: Path) -> None:
+    edit_metadata(model_copy, {"score_reference": None})
+    assert OnnxScorer.load(model_copy).info.score_reference is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        json.dumps([0.1, 0.2]),
+        json.dumps({"edges": [0.1]}),
+        json.dumps({"edges": [0.1, 0.2], "proportions": [0.5, 0.5]}),
+        json.dumps({"edges": [0.2, 0.1], "proportions": [0.3, 0.3, 0.4]}),
+        json.dumps({"edges": [0.1, 0.1], "proportions": [0.3, 0.3, 0.4]}),
+        json.dumps({"edges": [0.1], "proportions": [1.5, -0.5]}),
+        json.dumps({"edges": [0.1], "proportions": [0.5, 0.49]}),
+        json.dumps({"edges": [0.1], "proportions": ["0.5", "0.5"]}),
+        json.dumps({"edges": [True], "proportions": [0.5, 0.5]}),
+        json.dumps({"edges": "0.1", "proportions": [0.5, 0.5]}),
+        '{"edges": [NaN], "proportions": [0.5, 0.5]}',
+    ],
+)
+def test_a_malformed_score_reference_is_refused(model_copy: Path, value: str) -> None:
+    edit_metadata(model_copy, {"score_reference": value})
+    with pytest.raises(ArtifactError, match="score_reference is malformed"):
+        OnnxScorer.load(model_copy)
