@@ -15,6 +15,7 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,12 +24,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
 from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState, route_path
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
 from server.logs import use_json_logs
-from server.metrics import GaugeSource, Labels, Metrics, MetricsExporter
+from server.metrics import (
+    DriftSource,
+    DriftWindow,
+    GaugeSource,
+    Labels,
+    Metrics,
+    MetricsExporter,
+)
 from server.middleware import RequestContext
 from server.openapi import openapi_document
 from server.ratelimit import RateLimiter
@@ -38,6 +47,8 @@ from server.service import ScoringService
 from server.settings import Settings
 from server.shutdown import GracefulShutdown
 from server.v2 import V2Endpoints, v2_error
+
+ALERT_FLUSH_S = 5.0  # at shutdown, how long queued alerts may take to go out
 
 # A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -93,7 +104,10 @@ def make_runner(scorer: Scorer, settings: Settings, metrics: Metrics | None = No
 
 
 def make_service(
-    scorer: Scorer, settings: Settings, metrics: Metrics | None = None
+    scorer: Scorer,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    alerts: AlertSender | None = None,
 ) -> ScoringService:
     return ScoringService(
         scorer,
@@ -103,18 +117,20 @@ def make_service(
         settings.max_batch_items,
         metrics,
         settings.ood_z,
+        alerts,
+        settings.drift_window,
     )
 
 
 def open_repository(
-    settings: Settings, state: ServerState, metrics: Metrics | None
+    settings: Settings, state: ServerState, metrics: Metrics | None, alerts: AlertSender | None
 ) -> ModelRepository:
     root = settings.model_repository
     return ModelRepository(
         root,
         resolve_model_name(root, settings.model_name),
         functools.partial(OnnxScorer.load, intra_op_threads=settings.intra_op_threads),
-        functools.partial(make_service, settings=settings, metrics=metrics),
+        functools.partial(make_service, settings=settings, metrics=metrics, alerts=alerts),
         state.publish,
         settings.max_versions,
     )
@@ -151,6 +167,40 @@ def serving_gauges(state: ServerState) -> GaugeSource:
     return collect
 
 
+def drift_windows(state: ServerState) -> DriftSource:
+    """Each served version's window of scores, per bin, beside its reference."""
+
+    def collect() -> dict[str, DriftWindow]:
+        snapshot = state.snapshot
+        services = snapshot.services if snapshot is not None else {}
+        return {
+            version: DriftWindow(s.drift.counts(), s.drift.proportions, s.drift.min_count)
+            for version, s in services.items()
+            if s.drift is not None
+        }
+
+    return collect
+
+
+def alert_counters(alerts: AlertSender) -> GaugeSource:
+    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
+        return {
+            "fraud_alerts": (
+                "Alert deliveries, one per URL: sent, retried, failed (after retries),"
+                " dropped (queue full).",
+                ("result",),
+                {
+                    ("sent",): alerts.sent,
+                    ("retried",): alerts.retried,
+                    ("failed",): alerts.failed,
+                    ("dropped",): alerts.dropped,
+                },
+            )
+        }
+
+    return collect
+
+
 def repository_counters(state: ServerState) -> GaugeSource:
     def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
         repository = state.repository
@@ -176,11 +226,16 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
     admin_guard = ApiKeyGuard(admin_keys) if admin_keys else None
     state = ServerState()
     endpoints = Endpoints(state, guard)
+    alert_config = settings.alert_config()
+    alerts = AlertSender(alert_config) if alert_config is not None else None
     metrics = Metrics() if settings.metrics else None
     exporter = MetricsExporter(metrics, settings.metrics_dir) if metrics is not None else None
     if metrics is not None:
         metrics.gauge_sources.append(serving_gauges(state))
         metrics.counter_sources.append(repository_counters(state))
+        metrics.drift_sources.append(drift_windows(state))
+        if alerts is not None:
+            metrics.counter_sources.append(alert_counters(alerts))
     limiter = None
     if settings.rate_limit_rps > 0:
         burst = settings.rate_limit_burst or max(1, math.ceil(settings.rate_limit_rps))
@@ -203,12 +258,14 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         if settings.insecure_disable_auth:
             logger.warning("FRAUD_INSECURE_DISABLE_AUTH is set: scoring needs no API key")
         tasks: list[asyncio.Task[None]] = []
+        if alerts is not None:
+            alerts.start()
         if scorer is not None:
-            service = make_service(scorer, settings, metrics)
+            service = make_service(scorer, settings, metrics, alerts)
             service.runner.start()
             state.publish(Snapshot(scorer.info.name, {scorer.info.version: service}))
         else:
-            repository = state.repository = open_repository(settings, state, metrics)
+            repository = state.repository = open_repository(settings, state, metrics, alerts)
             result = await repository.refresh()
             if state.snapshot is None:
                 # Nothing servable: stop start-up rather than run a server that is never ready.
@@ -239,6 +296,9 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         if snapshot is not None:
             for service in snapshot.services.values():
                 service.runner.close()
+        if alerts is not None:
+            # Off the loop: close() waits up to its timeout for queued alerts to go out.
+            await anyio.to_thread.run_sync(alerts.close, ALERT_FLUSH_S)
         if exporter is not None:
             exporter.close()
 

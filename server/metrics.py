@@ -25,7 +25,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -34,6 +34,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+
+from server.drift import psi as population_stability
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
@@ -65,6 +67,16 @@ LIVE_FILE_AGE_S = 5.0  # a worker's file older than this: the worker is gone, dr
 Labels = tuple[str, ...]
 # Collected at scrape time: name -> (help, label names, {labels: value}).
 GaugeSource = Callable[[], dict[str, tuple[str, Labels, dict[Labels, float]]]]
+
+
+class DriftWindow(NamedTuple):
+    counts: list[int]  # live scores per bin
+    proportions: list[float]  # the reference's share per bin
+    min_count: int
+
+
+# Collected at scrape time: model version -> its drift window.
+DriftSource = Callable[[], dict[str, DriftWindow]]
 
 
 class Histogram:
@@ -102,6 +114,7 @@ class Metrics:
         self.rate_limited = 0
         self.gauge_sources: list[GaugeSource] = []
         self.counter_sources: list[GaugeSource] = []
+        self.drift_sources: list[DriftSource] = []
 
     def count_request(self, route: str, status: int, seconds: float) -> None:
         key = (route, str(status))
@@ -160,10 +173,15 @@ class Metrics:
                 {(): (self.probability.bounds, self.probability.counts, self.probability.total)},
             ),
         }
+        drift: dict[str, DriftWindow] = {}
+        for drift_source in self.drift_sources:
+            drift |= drift_source()
         return {
             "counters": _encode(counters),
             "gauges": _encode(gauges),
             "histograms": _encode(histograms),
+            # PSI is computed after adding up workers' windows: PSIs themselves do not add.
+            "drift": {version: window._asdict() for version, window in drift.items()},
         }
 
 
@@ -180,8 +198,21 @@ def _encode(families: dict[str, tuple[str, Labels, dict[Labels, Any]]]) -> dict[
 
 def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
     """Sum counters and histograms over every state, gauges over live ones only."""
-    merged: dict[str, dict[str, Any]] = {"counters": {}, "gauges": {}, "histograms": {}}
+    merged: dict[str, dict[str, Any]] = {
+        "counters": {},
+        "gauges": {},
+        "histograms": {},
+        "drift": {},
+    }
     for state, alive in zip(states, live, strict=True):
+        for version, window in state.get("drift", {}).items() if alive else ():
+            into = merged["drift"].get(version)
+            if into is None or len(into["counts"]) != len(window["counts"]):
+                merged["drift"][version] = dict(window, counts=list(window["counts"]))
+            else:
+                into["counts"] = [
+                    a + b for a, b in zip(into["counts"], window["counts"], strict=True)
+                ]
         for kind in ("counters", "gauges", "histograms"):
             if kind == "gauges" and not alive:
                 continue
@@ -214,6 +245,23 @@ def families(state: dict[str, Any]) -> Iterator[Metric]:
         for labels, value in _values(family):
             gauge.add_metric(labels, value)
         yield gauge
+    psi = GaugeMetricFamily(
+        "fraud_score_psi",
+        "Population stability index of the recent fraud probabilities against the model"
+        " version's reference (0: same; above 0.2: a marked shift). Absent until the window"
+        " holds enough scores.",
+        labels=["version"],
+    )
+    window_size = GaugeMetricFamily(
+        "fraud_score_drift_window", "Scores in the drift window.", labels=["version"]
+    )
+    for version, window in state["drift"].items():
+        count = sum(window["counts"])
+        window_size.add_metric([version], count)
+        if count >= window["min_count"] and count > 0:
+            psi.add_metric([version], population_stability(window["counts"], window["proportions"]))
+    yield psi
+    yield window_size
     for name, family in state["histograms"].items():
         histogram = HistogramMetricFamily(name, family["help"], labels=family["labels"])
         for labels, (bounds, counts, total) in _values(family):

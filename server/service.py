@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from server.alerts import AlertSender
 from server.batching import Runner
+from server.drift import ScoreDrift
 from server.errors import ModelFailure, SettingsError
 from server.metrics import Metrics
 from server.payloads import ScoreRequest, parse_batch_request, parse_score_request
@@ -29,12 +31,23 @@ class ScoringService:
         max_batch_items: int = 1000,
         metrics: Metrics | None = None,
         ood_z: float = 6.0,
+        alerts: AlertSender | None = None,
+        drift_window: int = 10_000,
     ) -> None:
         self.scorer = scorer
         self.runner = runner
         self.info = scorer.info
         self.max_batch_items = max_batch_items
         self.metrics = metrics
+        self.alerts = alerts
+        # Drift is measured against this version's own reference, when its artifact has one.
+        self.drift = (
+            ScoreDrift(
+                *self.info.score_reference, window=drift_window, min_count=min(500, drift_window)
+            )
+            if metrics is not None and self.info.score_reference is not None
+            else None
+        )
         # A feature more than ood_z training standard deviations from its training mean
         # marks the row out of distribution. Bounds computed once: two comparisons a row.
         mean = np.asarray(self.info.feature_mean, dtype=np.float64)
@@ -94,7 +107,10 @@ class ScoringService:
             logger.error("model %s returned values outside [0, 1]", self.info.version)
             raise ModelFailure("the model returned a value that is not a probability")
         if self.metrics is not None:
-            self.metrics.probability.observe_many(probabilities.tolist())
+            values = probabilities.tolist()
+            self.metrics.probability.observe_many(values)
+            if self.drift is not None:
+                self.drift.observe(values)
         return probabilities
 
     def _unusual(self, rows: np.ndarray) -> list[list[str]]:
@@ -113,6 +129,8 @@ class ScoringService:
             self.metrics.decisions[decision] = self.metrics.decisions.get(decision, 0) + 1
             if unusual:
                 self.metrics.out_of_distribution += 1
+        if self.alerts is not None and decision != APPROVE:
+            self.alerts.offer(request.transaction_id, probability, decision, self.info.version)
         return {
             "transaction_id": request.transaction_id,
             "fraud_probability": probability,

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.alerts import AlertConfig
 from server.errors import SettingsError
 
 PREFIX = "FRAUD_"
@@ -14,6 +15,7 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 INFERENCE_MODES = ("loop", "thread", "inline")
 LOG_FORMATS = ("json", "text")
+BOOLEANS = ("INSECURE_DISABLE_AUTH", "METRICS", "ACCESS_LOG", "ALERT_ON_REVIEW", "ALERT_SLACK")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,15 @@ class Settings:
     metrics_dir: Path | None = None
     # Fraud probabilities in the score-drift window.
     drift_window: int = 10_000
+    # Webhooks posted for each DECLINE (and REVIEW if alert_on_review), comma-separated;
+    # as Slack-style {"text": ...} if alert_slack. A bounded queue per URL; retries with
+    # backoff; alerts beyond the queue are dropped and counted, never waited for.
+    alert_urls: tuple[str, ...] = field(default=(), repr=False)  # may carry tokens
+    alert_on_review: bool = False
+    alert_slack: bool = False
+    alert_queue: int = 1000
+    alert_timeout_s: float = 2.0
+    alert_retries: int = 3
     # Per-API-key token bucket on the scoring routes: requests/s (0: no limit) and burst
     # (0: one second's worth). Per process.
     rate_limit_rps: float = 0.0
@@ -146,7 +157,15 @@ class Settings:
                 values[name.lower()] = tuple(k.strip() for k in keys.split(",") if k.strip())
         if key_file := get("API_KEY_FILE"):
             values["api_key_file"] = Path(key_file)
-        for name in ("INSECURE_DISABLE_AUTH", "METRICS", "ACCESS_LOG"):
+        if urls := get("ALERT_URLS"):
+            values["alert_urls"] = tuple(u.strip() for u in urls.split(",") if u.strip())
+        for name in (
+            "INSECURE_DISABLE_AUTH",
+            "METRICS",
+            "ACCESS_LOG",
+            "ALERT_ON_REVIEW",
+            "ALERT_SLACK",
+        ):
             if (raw := get(name)) is not None:
                 values[name.lower()] = parse_bool(name, raw)
         if metrics_dir := get("METRICS_DIR"):
@@ -169,6 +188,8 @@ class Settings:
             "MAX_VERSIONS",
             "DRIFT_WINDOW",
             "RATE_LIMIT_BURST",
+            "ALERT_QUEUE",
+            "ALERT_RETRIES",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)
@@ -176,6 +197,7 @@ class Settings:
             "POLL_INTERVAL_S",
             "OOD_Z",
             "RATE_LIMIT_RPS",
+            "ALERT_TIMEOUT_S",
             "SHUTDOWN_DRAIN_S",
             "SHUTDOWN_TIMEOUT_S",
         ):
@@ -200,6 +222,21 @@ class Settings:
                 " (or FRAUD_INSECURE_DISABLE_AUTH=true to serve without keys)"
             )
         return tuple(keys)
+
+    def alert_config(self) -> AlertConfig | None:
+        if not self.alert_urls:
+            return None
+        try:
+            return AlertConfig(
+                self.alert_urls,
+                on_review=self.alert_on_review,
+                slack=self.alert_slack,
+                queue_size=self.alert_queue,
+                timeout_s=self.alert_timeout_s,
+                retries=self.alert_retries,
+            )
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}ALERT_*: {exc}") from None
 
     def resolved_admin_keys(self) -> tuple[str, ...]:
         """Keys for the repository routes; they must differ from every scoring key."""
