@@ -64,7 +64,11 @@ class LiveServer:
 
 
 def start_server(
-    model_dir: Path, log: Path, extra_env: dict[str, str] | None = None, python: Path | None = None
+    model_dir: Path,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    python: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> LiveServer:
     """uvicorn on a free loopback port, in the serving-only venv when it exists."""
     port = free_port()
@@ -96,6 +100,7 @@ def start_server(
                 "uvloop",
                 "--http",
                 "httptools",
+                *extra_args,
             ],
             cwd=ROOT,
             env=env,
