@@ -44,17 +44,27 @@ from server.scorer import session_options
 LUA = ROOT / "benchmarks/wrk_post.lua"
 V1_SCORE = "/v1/score"
 V2_INFER = "/v2/models/{model}/infer"
-# target: (uvicorn factory, route it is measured on)
-TARGETS = {
-    "floor": ("benchmarks.baselines.floor:create_app", V1_SCORE),
-    "server": ("server.app:create_app", V1_SCORE),
-    "server_v2": ("server.app:create_app", V2_INFER),
-    "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE),
-    "keras_predict": ("benchmarks.baselines.fastapi_keras:create_app", V1_SCORE),
-    # Not run by default: fastapi_ort with an `async def` endpoint, for comparison.
-    "fastapi_ort_async": ("benchmarks.baselines.fastapi_ort:create_async_app", V1_SCORE),
+SERVER = "server.app:create_app"
+# target: (uvicorn factory, route it is measured on, settings on top of the defaults)
+TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "floor": ("benchmarks.baselines.floor:create_app", V1_SCORE, {}),
+    "server": (SERVER, V1_SCORE, {}),
+    "server_v2": (SERVER, V2_INFER, {}),
+    "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE, {}),
+    "keras_predict": ("benchmarks.baselines.fastapi_keras:create_app", V1_SCORE, {}),
+    # Not run by default: what the server's own features cost (make bench-overhead),
+    # and fastapi_ort with an `async def` endpoint.
+    "server_no_metrics": (SERVER, V1_SCORE, {"FRAUD_METRICS": "false"}),
+    "server_access_log": (SERVER, V1_SCORE, {"FRAUD_ACCESS_LOG": "true"}),
+    "fastapi_ort_async": ("benchmarks.baselines.fastapi_ort:create_async_app", V1_SCORE, {}),
 }
 DEFAULT_TARGETS = "floor,server,server_v2,fastapi_ort,keras_predict"
+# (target, baseline): requests/s ratios printed when both ran
+SHARES = (
+    ("server_v2", "server"),
+    ("server", "server_no_metrics"),
+    ("server_access_log", "server"),
+)
 KERAS_RUN = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"), "model.keras")
 DISTINCT_BODIES = 256
 READY_TIMEOUT_S = 60.0
@@ -169,10 +179,10 @@ def bench_target(
     """The target's wrk results per concurrency, printed as they come, and why it stopped if so."""
     runs: dict[str, Any] = {}
     error: str | None = None
-    app, route = TARGETS[name]
+    app, route, overrides = TARGETS[name]
     path, payloads = route.format(model=env["FRAUD_MODEL_NAME"]), bodies[route]
     try:
-        with uvicorn_server(app, env, timeout_s=READY_TIMEOUT_S) as server:
+        with uvicorn_server(app, env | overrides, timeout_s=READY_TIMEOUT_S) as server:
             first = payloads.read_text().splitlines()[0]
             error = check_score(server.port, path, first, key)
             for c in [] if error else args.concurrency:
@@ -222,11 +232,12 @@ def print_summary(report: dict[str, Any]) -> None:
     missed = [g for g in report["goals"] if not g["met"]]
     print(f"goals met: {len(report['goals']) - len(missed)} of {len(report['goals'])}", end="")
     print("".join(f"; missed {g['ratio']} at c={g['concurrency']}" for g in missed))
-    v1, v2 = report["results"].get("server", {}), report["results"].get("server_v2", {})
-    if v1 and v2:
-        both = [str(c) for c in cs if str(c) in v1 and str(c) in v2]
-        shares = ", ".join(f"c={c}: {v2[c]['rps'] / v1[c]['rps']:.2f}" for c in both)
-        print(f"server_v2/server rps (v2 JSON infer over /v1/score): {shares}")
+    for target, baseline in SHARES:
+        a, b = report["results"].get(target, {}), report["results"].get(baseline, {})
+        both = [str(c) for c in cs if str(c) in a and str(c) in b]
+        if both:
+            shares = ", ".join(f"c={c}: {a[c]['rps'] / b[c]['rps']:.3f}" for c in both)
+            print(f"{target}/{baseline} rps: {shares}")
     per_row = ", ".join(f"batch {b}: {us:.2f}" for b, us in report["ort_us_per_row"].items())
     print(f"onnxruntime session.run alone, median us per row: {per_row}")
     for target, note in report["notes"].items():
