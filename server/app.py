@@ -12,8 +12,9 @@ import functools
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,6 +24,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
@@ -88,6 +90,18 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log (Starlette re-raises it to the server), never to the client.
     return error_response(request, ServingError("internal error"))
+
+
+class ServingApp(Starlette):
+    """Starlette with one more layer outside everything, its error handling included, so
+    that even an unexpected 500 carries the request id and is counted."""
+
+    def __init__(self, outermost: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.outermost = outermost
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.outermost(super().build_middleware_stack())
 
 
 def make_runner(scorer: Scorer, settings: Settings, metrics: Metrics | None = None) -> Runner:
@@ -217,7 +231,7 @@ def repository_counters(state: ServerState) -> GaugeSource:
     return collect
 
 
-def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> ServingApp:
     """The server for `settings`; a given `scorer` is served alone, with no repository."""
     settings = settings if settings is not None else Settings.from_env()
     keys = settings.resolved_api_keys()
@@ -321,15 +335,15 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/openapi.json", openapi, methods=["GET"]),
         *v2.routes(),
     ]
-    return Starlette(
+    app = ServingApp(
+        functools.partial(
+            RequestContext,
+            metrics=metrics,
+            access_log=settings.access_log,
+            draining=state.is_draining,
+        ),
         routes=routes,
         middleware=[
-            Middleware(
-                RequestContext,
-                metrics=metrics,
-                access_log=settings.access_log,
-                draining=state.is_draining,
-            ),
             Middleware(
                 ScoringRoutes,
                 state=state,
@@ -347,3 +361,5 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
             Exception: unexpected_error,
         },
     )
+    app.state.serving = state  # for tests and embedding code: the snapshot, the draining flag
+    return app

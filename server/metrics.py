@@ -62,6 +62,8 @@ ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PROBABILITY = tuple(round(0.05 * i, 2) for i in range(1, 21))
 STAGES = ("parse", "queue", "inference", "encode")
 DUMP_INTERVAL_S = 1.0
+# Gauges that say what a worker is, not how much it holds: the most of any worker, not the sum.
+SAME_IN_EVERY_WORKER = frozenset({"fraud_model_info", "fraud_draining"})
 LIVE_FILE_AGE_S = 5.0  # a worker's file older than this: the worker is gone, drop its gauges
 
 Labels = tuple[str, ...]
@@ -220,7 +222,8 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
                 into = merged[kind].setdefault(
                     name, {"help": family["help"], "labels": family["labels"], "values": {}}
                 )
-                for labels, value in family["values"]:
+                values = family["values"]  # pairs as written, or a dict once merged
+                for labels, value in values.items() if isinstance(values, dict) else values:
                     key = tuple(labels)
                     if kind == "histograms":
                         bounds, counts, total = value
@@ -229,6 +232,8 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
                             counts = [a + b for a, b in zip(old[1], counts, strict=True)]
                             total += old[2]
                         into["values"][key] = (bounds, counts, total)
+                    elif kind == "gauges" and name in SAME_IN_EVERY_WORKER:
+                        into["values"][key] = max(into["values"].get(key, value), value)
                     else:
                         into["values"][key] = into["values"].get(key, 0) + value
     return merged
@@ -296,11 +301,13 @@ class MetricsExporter:
     def render(self) -> bytes:
         state = self.metrics.state()
         if self.directory is not None:
-            states, live = [state], [True]
+            merged = merge([state], [True])
             for other, alive in self._other_workers():
-                states.append(other)
-                live.append(alive)
-            state = merge(states, live)
+                try:
+                    merged = merge([merged, other], [True, alive])
+                except (AttributeError, KeyError, TypeError, ValueError):
+                    continue  # not a tallies file (someone else's, or a damaged one): skip it
+            state = merged
         else:
             state = merge([state], [True])
         registry = CollectorRegistry(auto_describe=False)

@@ -17,8 +17,8 @@ class RateLimiter:
     def __init__(
         self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
+        if not (math.isfinite(rate) and rate > 0) or burst < 1:
+            raise ValueError("rate must be a positive finite number and burst at least 1")
         self.rate = rate
         self.burst = float(burst)
         self.clock = clock

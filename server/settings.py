@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,8 +119,16 @@ class Settings:
             raise SettingsError(f"{PREFIX}OOD_Z must be positive")
         if self.drift_window < 100:
             raise SettingsError(f"{PREFIX}DRIFT_WINDOW must be at least 100")
-        if self.rate_limit_rps < 0 or self.rate_limit_burst < 0:
-            raise SettingsError(f"{PREFIX}RATE_LIMIT_RPS and _BURST must not be negative")
+        if not (math.isfinite(self.rate_limit_rps) and self.rate_limit_rps >= 0):
+            raise SettingsError(f"{PREFIX}RATE_LIMIT_RPS must be a finite number, 0 or more")
+        if self.rate_limit_burst < 0:
+            raise SettingsError(f"{PREFIX}RATE_LIMIT_BURST must not be negative")
+        if self.alert_queue < 1:
+            raise SettingsError(f"{PREFIX}ALERT_QUEUE must be at least 1")
+        if not (math.isfinite(self.alert_timeout_s) and self.alert_timeout_s > 0):
+            raise SettingsError(f"{PREFIX}ALERT_TIMEOUT_S must be a positive number")
+        if self.alert_retries < 0:
+            raise SettingsError(f"{PREFIX}ALERT_RETRIES must not be negative")
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"{PREFIX}LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if not 0 <= self.shutdown_drain_s < self.shutdown_timeout_s <= 3600:
