@@ -90,6 +90,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--targets", default=DEFAULT_TARGETS, help=f"of {', '.join(TARGETS)}")
     parser.add_argument("--model-dir", default="models/creditcard/1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run all targets this many times, interleaved, and keep each point's median"
+        " run by requests/s: on a shared machine, drift in the background then hits every"
+        " target alike",
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks/results")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -201,6 +209,15 @@ def bench_target(
     if error or "Traceback" in output:
         print(f"{name}: {error or 'logged a traceback'}; its log ends:\n{output[-3000:]}")
     return runs, error
+
+
+def median_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per concurrency, the run with the median requests/s among the rounds."""
+    result = {}
+    for c in {c for runs in rounds for c in runs}:
+        runs = sorted((r[c] for r in rounds if c in r), key=lambda run: run["rps"])
+        result[c] = runs[(len(runs) - 1) // 2] | {"rounds_rps": [r["rps"] for r in runs]}
+    return dict(sorted(result.items(), key=lambda item: int(item[0])))
 
 
 def compare(results: dict[str, dict[str, Any]], cs: list[int]) -> tuple[dict, list]:
@@ -342,16 +359,21 @@ def main() -> int:
         for route, lines in bodies.items():
             paths[route] = Path(tmp) / f"bodies-{len(paths)}.jsonl"
             paths[route].write_text("\n".join(lines) + "\n")
-        for target in args.targets:
-            results[target], error = bench_target(target, args, env, paths, key)
-            if error:
-                failures[target] = error
+        rounds: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
+        for _ in range(args.rounds):
+            for target in args.targets:
+                runs, error = bench_target(target, args, env, paths, key)
+                rounds[target].append(runs)
+                if error:
+                    failures[target] = error
+        results = {target: median_runs(runs) for target, runs in rounds.items()}
     ratios, goals = compare(results, args.concurrency)
     report = {
         "started_at": stamp,
         "elapsed_s": round(time.monotonic() - started, 1),
         "concurrency": args.concurrency,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "warmup_s": args.warmup,
         "wrk": {"threads": 1, "timeout_s": WRK_TIMEOUT_S},
         "payloads": {"distinct": DISTINCT_BODIES, "seed": args.seed, "model_dir": args.model_dir},

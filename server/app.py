@@ -20,7 +20,6 @@ import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp
 from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
-from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState, route_path
+from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
 from server.logs import use_json_logs
 from server.metrics import (
@@ -40,7 +39,7 @@ from server.metrics import (
     Metrics,
     MetricsExporter,
 )
-from server.middleware import RequestContext
+from server.middleware import RequestContext, route_path
 from server.openapi import openapi_document
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot, resolve_model_name
@@ -93,8 +92,9 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 class ServingApp(Starlette):
-    """Starlette with one more layer outside everything, its error handling included, so
-    that even an unexpected 500 carries the request id and is counted."""
+    """Starlette with layers outside everything, its error handling included: the scoring
+    routes first (the hot path meets nothing else), then the request layer, so that even
+    an unexpected 500 carries a request id and is counted."""
 
     def __init__(self, outermost: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -181,12 +181,20 @@ def serving_gauges(state: ServerState) -> GaugeSource:
     return collect
 
 
+def flush_drift(state: ServerState) -> None:
+    snapshot = state.snapshot
+    for service in snapshot.services.values() if snapshot is not None else ():
+        if service.drift is not None:
+            service.drift.flush()
+
+
 def drift_windows(state: ServerState) -> DriftSource:
     """Each served version's window of scores, per bin, beside its reference."""
 
     def collect() -> dict[str, DriftWindow]:
         snapshot = state.snapshot
         services = snapshot.services if snapshot is not None else {}
+        flush_drift(state)
         return {
             version: DriftWindow(s.drift.counts(), s.drift.proportions, s.drift.min_count)
             for version, s in services.items()
@@ -290,6 +298,9 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
                 )
             if settings.poll_interval_s > 0:
                 tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
+        if metrics is not None:
+            tasks.append(asyncio.create_task(metrics.keep_flushing()))
+            metrics.flushers.append(functools.partial(flush_drift, state))
         if exporter is not None and exporter.file is not None:
             tasks.append(asyncio.create_task(exporter.keep_dumping()))
         if shutdown.install():
@@ -335,25 +346,21 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/openapi.json", openapi, methods=["GET"]),
         *v2.routes(),
     ]
+
+    def outermost(app: ASGIApp) -> ASGIApp:
+        context = RequestContext(app, metrics, settings.access_log, state.is_draining)
+        return ScoringRoutes(
+            context,
+            state,
+            guard,
+            settings.max_body_bytes,
+            settings.max_batch_body_bytes,
+            limiter,
+        )
+
     app = ServingApp(
-        functools.partial(
-            RequestContext,
-            metrics=metrics,
-            access_log=settings.access_log,
-            draining=state.is_draining,
-        ),
+        outermost,
         routes=routes,
-        middleware=[
-            Middleware(
-                ScoringRoutes,
-                state=state,
-                guard=guard,
-                max_body_bytes=settings.max_body_bytes,
-                max_batch_body_bytes=settings.max_batch_body_bytes,
-                metrics=metrics,
-                limiter=limiter,
-            ),
-        ],
         lifespan=lifespan,
         exception_handlers={
             ServingError: serving_error,

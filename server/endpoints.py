@@ -8,6 +8,7 @@ transaction. Everything else is ordinary Starlette endpoints.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,8 +17,9 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from server import logs
 from server.auth import HEADER, ApiKeyGuard
 from server.errors import (
     BadRequest,
@@ -27,11 +29,13 @@ from server.errors import (
     ServingError,
     UnsupportedMediaType,
 )
-from server.metrics import Metrics
+from server.middleware import CLOSE, REQUEST_ID, RequestContext, log_access, route_path
 from server.payloads import parse_json
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot
 from server.service import ScoringService
+
+logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 JSON_HEADER = (b"content-type", b"application/json")
 Score = Callable[[ScoringService, Any, float], Awaitable[Any]]
@@ -109,11 +113,17 @@ def require_json(content_type: bytes | None) -> None:
 
 
 async def send_json(
-    send: Send, status: int, content: Any, headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    content: Any,
+    headers: dict[str, str] | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     body = orjson.dumps(content)
     raw = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    if extra:
+        raw += extra
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -131,30 +141,24 @@ def requested_version(query: bytes) -> str | None:
     return pairs[0][1]
 
 
-def route_path(scope: Scope) -> str:
-    """The path below the app's mount point: uvicorn's --root-path prefixes scope["path"]."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
 class ScoringRoutes:
-    """POST /v1/score and /v1/score/batch; every other request goes on to `app`."""
+    """POST /v1/score and /v1/score/batch, ahead of everything else; other requests go on
+    to `context`, the request layer around the Starlette app. The scoring routes do that
+    layer's work themselves (request id, counts, access log, Connection: close)."""
 
     def __init__(
         self,
-        app: ASGIApp,
+        context: RequestContext,
         state: ServerState,
         guard: ApiKeyGuard,
         max_body_bytes: int,
         max_batch_body_bytes: int,
-        metrics: Metrics | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
-        self.app = app
+        self.context = context
         self.state = state
         self.guard = guard
-        self.metrics = metrics
+        self.metrics = context.metrics
         self.limiter = limiter
         self.routes: dict[str, tuple[int, Score]] = {
             "/v1/score": (max_body_bytes, ScoringService.score),
@@ -162,46 +166,70 @@ class ScoringRoutes:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(route_path(scope)) if scope["type"] == "http" else None
+        path = route_path(scope) if scope["type"] == "http" else None
+        route = self.routes.get(path) if path is not None else None
         if route is None:
-            await self.app(scope, receive, send)
+            await self.context(scope, receive, send)
             return
+        started = time.perf_counter()
         limit, score = route
+        # ASGI servers give lower-case names. Reversed, so that a repeated header keeps
+        # its first value, as Starlette's Headers.get does on the other routes.
+        headers = dict(reversed(scope["headers"]))
+        request_id = self.context.request_id(headers.get(REQUEST_ID))
+        token = logs.request_id.set(request_id.decode("ascii"))
+        extra = [(REQUEST_ID, request_id)]
+        if self.state.draining:
+            extra.append(CLOSE)
+        status = 200
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(
-                    f"{scope['method']} is not allowed on {scope['path']}",
-                    headers={"Allow": "POST"},
-                )
-            # ASGI servers give lower-case names. Reversed, so that a repeated header keeps
-            # its first value, as Starlette's Headers.get does on the other routes.
-            headers = dict(reversed(scope["headers"]))
-            presented = headers.get(API_KEY)
-            key = presented.decode("latin-1") if presented is not None else None
-            # Authenticate before reading anything, so strangers learn nothing from validation.
-            self.guard.check(key)
-            if self.limiter is not None:
-                self.limiter.take(key or "")
-            version = requested_version(scope["query_string"])
-            self.state.ready_snapshot()
-            require_json(headers.get(b"content-type"))
-            body = await read_body(headers.get(b"content-length"), receive, limit)
-            # The version is looked up only now, after the last await before the model
-            # queue: a request never lands on a version that was swapped out meanwhile.
-            service = self.state.ready_service(version)
-            received = time.perf_counter()
-            result = await score(service, parse_json(body), received)
+            result = await self.answer(scope, receive, headers, limit, score)
         except ServingError as error:
-            if error.status_code == 429 and self.metrics is not None:
+            status = error.status_code
+            if status == 429 and self.metrics is not None:
                 self.metrics.rate_limited += 1
-            await send_json(send, error.status_code, error.to_body(), error.headers)
-            return
-        if self.metrics is None:
-            await send_json(send, 200, result)
-            return
-        encoding = time.perf_counter()
-        await send_json(send, 200, result)
-        self.metrics.stages["encode"].observe(time.perf_counter() - encoding)
+            await send_json(send, status, error.to_body(), error.headers, extra)
+        except Exception:
+            status = 500
+            logger.exception("unexpected error on %s", path)
+            await send_json(send, status, ServingError("internal error").to_body(), None, extra)
+        else:
+            encoding = time.perf_counter()
+            await send_json(send, 200, result, None, extra)
+        finally:
+            logs.request_id.reset(token)
+        if self.metrics is not None or self.context.access_log:
+            finished = time.perf_counter()
+            seconds = finished - started
+            assert path is not None
+            if self.metrics is not None:
+                if status == 200:
+                    self.metrics.stages["encode"].observe(finished - encoding)
+                self.metrics.count_request(path, status, seconds)
+            if self.context.access_log:
+                log_access(scope["method"], path, status, seconds, request_id)
+
+    async def answer(
+        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], limit: int, score: Score
+    ) -> Any:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(
+                f"{scope['method']} is not allowed on {scope['path']}", headers={"Allow": "POST"}
+            )
+        presented = headers.get(API_KEY)
+        key = presented.decode("latin-1") if presented is not None else None
+        # Authenticate before reading anything, so strangers learn nothing from validation.
+        self.guard.check(key)
+        if self.limiter is not None:
+            self.limiter.take(key or "")
+        version = requested_version(scope["query_string"])
+        self.state.ready_snapshot()
+        require_json(headers.get(b"content-type"))
+        body = await read_body(headers.get(b"content-length"), receive, limit)
+        # The version is looked up only now, after the last await before the model
+        # queue: a request never lands on a version that was swapped out meanwhile.
+        service = self.state.ready_service(version)
+        return await score(service, parse_json(body), time.perf_counter())
 
 
 class Endpoints:

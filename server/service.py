@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import operator
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ class ScoringService:
         mean = np.asarray(self.info.feature_mean, dtype=np.float64)
         spread = ood_z * np.asarray(self.info.feature_std, dtype=np.float64)
         self._low, self._high = mean - spread, mean + spread
+        self._low_list, self._high_list = self._low.tolist(), self._high.tolist()
         # Settings override the thresholds chosen on validation at training time.
         self.review_threshold = (
             self.info.review_threshold if review_threshold is None else review_threshold
@@ -79,7 +82,7 @@ class ScoringService:
         rows = np.asarray([request.features], np.float32)
         self._parsed(received)
         probabilities = await self.predict_rows(rows)
-        return self._result(request, float(probabilities[0]), self._unusual(rows)[0])
+        return self._result(request, float(probabilities[0]), self._unusual_row(request.features))
 
     async def score_batch(self, payload: Any, received: float | None = None) -> dict[str, Any]:
         requests = parse_batch_request(payload, self.info.feature_names, self.max_batch_items)
@@ -110,8 +113,17 @@ class ScoringService:
             values = probabilities.tolist()
             self.metrics.probability.observe_many(values)
             if self.drift is not None:
-                self.drift.observe(values)
+                self.drift.add(values)  # checked just above; binned in bulk later
         return probabilities
+
+    def _unusual_row(self, values: Sequence[float]) -> list[str]:
+        """The features of one row outside the training distribution. In plain Python: for
+        one row, two C-level passes cost a third of numpy's four array operations."""
+        low, high = self._low_list, self._high_list
+        if all(map(operator.le, low, values)) and all(map(operator.le, values, high)):
+            return []
+        names = self.info.feature_names
+        return [names[i] for i, v in enumerate(values) if not low[i] <= v <= high[i]]
 
     def _unusual(self, rows: np.ndarray) -> list[list[str]]:
         """Per row, the names of the features outside the training distribution."""

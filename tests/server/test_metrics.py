@@ -303,7 +303,7 @@ def test_merging_leaves_the_live_tallies_alone() -> None:
     metrics = worker_metrics(3, [0.5], depth=0)
     state = metrics.state()
     merge([state, metrics.state()], [True, True])
-    assert metrics.requests[("/v1/score", "200")] == 3
+    assert metrics.requests[("/v1/score", 200)] == 3
     assert sum(metrics.probability.counts) == 1
 
 
