@@ -72,7 +72,7 @@ bench: $(VENV)/.installed $(SERVE_VENV)/.installed
 # What metrics and the access log cost: the server with each on and off, in one run.
 bench-overhead: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.bench --targets server_no_metrics,server,server_access_log \
-		--concurrency 1,32 --duration 5 --rounds 4 --out-dir benchmarks/results/overhead
+		--concurrency 1,32 --duration 5 --rounds 6 --out-dir benchmarks/results/overhead
 
 bench-latency: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m benchmarks.latency

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
+from server.drift import ScoreDrift
 from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
 from server.logs import use_json_logs
@@ -181,11 +182,15 @@ def serving_gauges(state: ServerState) -> GaugeSource:
     return collect
 
 
-def flush_drift(state: ServerState) -> None:
-    snapshot = state.snapshot
-    for service in snapshot.services.values() if snapshot is not None else ():
-        if service.drift is not None:
-            service.drift.flush()
+def drift_of(state: ServerState) -> Callable[[str], ScoreDrift | None]:
+    """A served version's drift window, by version."""
+
+    def find(version: str) -> ScoreDrift | None:
+        snapshot = state.snapshot
+        service = snapshot.services.get(version) if snapshot is not None else None
+        return service.drift if service is not None else None
+
+    return find
 
 
 def drift_windows(state: ServerState) -> DriftSource:
@@ -194,7 +199,6 @@ def drift_windows(state: ServerState) -> DriftSource:
     def collect() -> dict[str, DriftWindow]:
         snapshot = state.snapshot
         services = snapshot.services if snapshot is not None else {}
-        flush_drift(state)
         return {
             version: DriftWindow(s.drift.counts(), s.drift.proportions, s.drift.min_count)
             for version, s in services.items()
@@ -300,7 +304,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
                 tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
         if metrics is not None:
             tasks.append(asyncio.create_task(metrics.keep_flushing()))
-            metrics.flushers.append(functools.partial(flush_drift, state))
+            metrics.drift_of = drift_of(state)
         if exporter is not None and exporter.file is not None:
             tasks.append(asyncio.create_task(exporter.keep_dumping()))
         if shutdown.install():

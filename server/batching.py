@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Protocol
 
 import numpy as np
@@ -117,15 +118,14 @@ class InlineRunner:
 
 def run_alone(predict: Predict, rows: np.ndarray, metrics: Metrics | None) -> np.ndarray:
     """One request's own model run, with no wait in a queue."""
-    started = time.perf_counter()
-    try:
+    if metrics is None:
         return run_model(predict, rows)
-    finally:
-        if metrics is not None:
-            finished = time.perf_counter()
-            metrics.stages["queue"].observe(0.0)
-            metrics.stages["inference"].observe(finished - started)
-            metrics.batch_rows.observe(len(rows))
+    started = perf_counter()
+    scores = run_model(predict, rows)
+    metrics.stages["inference"].observe(perf_counter() - started)
+    metrics.stages["queue"].observe(0.0)
+    metrics.batch_rows.observe(len(rows))
+    return scores
 
 
 class _BoundedQueue:

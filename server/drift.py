@@ -9,7 +9,7 @@ numpy's searchsorted(side="right")).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -49,9 +49,8 @@ def psi(counts: Sequence[int], proportions: Sequence[float]) -> float:
 
 class ScoreDrift:
     """PSI over a sliding window of the last `window` scores. Not thread-safe: it is fed and
-    read on the event loop. Scoring only appends to `pending` (`add`, a list's extend: no
-    Python frame); `flush` moves them into the window in bulk with numpy, at least once a
-    second and before every read, so a score costs tens of nanoseconds on the hot path."""
+    read on the event loop. Fed in bulk (server/metrics.py gathers the scores and passes
+    them on at least once a second and before every read), so it works with numpy."""
 
     def __init__(
         self,
@@ -76,18 +75,8 @@ class ScoreDrift:
         self._ring = np.zeros(window, dtype=np.int64)  # bin index of each score in the window
         self._next = 0  # the slot the next score goes to: the oldest once the ring is full
         self._filled = 0
-        self._pending: list[float] = []
-        self.add: Callable[[Iterable[float]], None] = self._pending.extend
 
-    def flush(self) -> None:
-        """Move the scores added since the last flush into the window (the service checked
-        them: they are probabilities)."""
-        if self._pending:
-            scores = list(self._pending)
-            self._pending.clear()
-            self.observe(scores, checked=True)
-
-    def observe(self, scores: Sequence[float], checked: bool = False) -> None:
+    def observe(self, scores: Sequence[float] | np.ndarray, checked: bool = False) -> None:
         """Add a batch of probabilities in [0, 1]; the oldest leave once the window is full."""
         values = np.asarray(scores, dtype=np.float64).reshape(-1)
         # All checked before any is counted, so a refused batch leaves the window as it was.

@@ -9,8 +9,9 @@ transaction. Everything else is ordinary Starlette endpoints.
 from __future__ import annotations
 
 import logging
-import time
+import math
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,6 +30,7 @@ from server.errors import (
     ServingError,
     UnsupportedMediaType,
 )
+from server.metrics import BODY_READ, ENCODING, FINISHED
 from server.middleware import CLOSE, REQUEST_ID, RequestContext, log_access, route_path
 from server.payloads import parse_json
 from server.ratelimit import RateLimiter
@@ -38,7 +40,8 @@ from server.service import ScoringService
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 JSON_HEADER = (b"content-type", b"application/json")
-Score = Callable[[ScoringService, Any, float], Awaitable[Any]]
+NAN = math.nan  # a stamp the request did not reach
+Score = Callable[[ScoringService, Any, list[float] | None], Awaitable[Any]]
 API_KEY = HEADER.encode()
 
 
@@ -159,6 +162,11 @@ class ScoringRoutes:
         self.state = state
         self.guard = guard
         self.metrics = context.metrics
+        self.logs = (
+            {path: context.metrics.scoring_log(path) for path in ("/v1/score", "/v1/score/batch")}
+            if context.metrics is not None
+            else {}
+        )
         self.limiter = limiter
         self.routes: dict[str, tuple[int, Score]] = {
             "/v1/score": (max_body_bytes, ScoringService.score),
@@ -171,7 +179,7 @@ class ScoringRoutes:
         if route is None:
             await self.context(scope, receive, send)
             return
-        started = time.perf_counter()
+        started = perf_counter()
         limit, score = route
         # ASGI servers give lower-case names. Reversed, so that a repeated header keeps
         # its first value, as Starlette's Headers.get does on the other routes.
@@ -182,8 +190,10 @@ class ScoringRoutes:
         if self.state.draining:
             extra.append(CLOSE)
         status = 200
+        # When the body was read, validated and encoded, as far as the request gets.
+        stamps = [started, NAN, NAN, NAN, NAN] if self.metrics is not None else None
         try:
-            result = await self.answer(scope, receive, headers, limit, score)
+            result = await self.answer(scope, receive, headers, limit, score, stamps)
         except ServingError as error:
             status = error.status_code
             if status == 429 and self.metrics is not None:
@@ -194,23 +204,31 @@ class ScoringRoutes:
             logger.exception("unexpected error on %s", path)
             await send_json(send, status, ServingError("internal error").to_body(), None, extra)
         else:
-            encoding = time.perf_counter()
+            if stamps is not None:
+                stamps[ENCODING] = perf_counter()
             await send_json(send, 200, result, None, extra)
         finally:
             logs.request_id.reset(token)
-        if self.metrics is not None or self.context.access_log:
-            finished = time.perf_counter()
-            seconds = finished - started
+        if stamps is not None or self.context.access_log:
+            finished = perf_counter()
             assert path is not None
-            if self.metrics is not None:
-                if status == 200:
-                    self.metrics.stages["encode"].observe(finished - encoding)
-                self.metrics.count_request(path, status, seconds)
+            if stamps is not None:
+                # Counted and timed in bulk, once a second (Metrics._flush_scoring).
+                stamps[FINISHED] = finished
+                log = self.logs[path]
+                log.times.extend(stamps)
+                log.statuses.append(status)
             if self.context.access_log:
-                log_access(scope["method"], path, status, seconds, request_id)
+                log_access(scope["method"], path, status, finished - started, request_id)
 
     async def answer(
-        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes], limit: int, score: Score
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: dict[bytes, bytes],
+        limit: int,
+        score: Score,
+        stamps: list[float] | None,
     ) -> Any:
         if scope["method"] != "POST":
             raise MethodNotAllowed(
@@ -229,7 +247,9 @@ class ScoringRoutes:
         # The version is looked up only now, after the last await before the model
         # queue: a request never lands on a version that was swapped out meanwhile.
         service = self.state.ready_service(version)
-        return await score(service, parse_json(body), time.perf_counter())
+        if stamps is not None:
+            stamps[BODY_READ] = perf_counter()
+        return await score(service, parse_json(body), stamps)
 
 
 class Endpoints:

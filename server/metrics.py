@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from server.drift import ScoreDrift
 from server.drift import psi as population_stability
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -83,6 +85,18 @@ class DriftWindow(NamedTuple):
 DriftSource = Callable[[], dict[str, DriftWindow]]
 
 
+# A scoring request's times (perf_counter), in ScoringLog.times order; NaN if not reached.
+STARTED, BODY_READ, VALIDATED, ENCODING, FINISHED = range(5)
+
+
+class ScoringLog:
+    __slots__ = ("statuses", "times")
+
+    def __init__(self) -> None:
+        self.times = array("d")  # five a request: STARTED ... FINISHED
+        self.statuses = array("H")
+
+
 class Histogram:
     __slots__ = ("_edges", "_pending", "bounds", "counts", "observe", "observe_many", "total")
 
@@ -111,12 +125,27 @@ class Histogram:
     def pending(self) -> int:
         return len(self._pending)
 
+    def observe_array(self, values: np.ndarray) -> None:
+        """Many values at once, binned now."""
+        where = np.searchsorted(self._edges, values, side="left")
+        added = np.bincount(where, minlength=len(self.counts))
+        self.counts = [a + int(b) for a, b in zip(self.counts, added, strict=True)]
+        self.total += float(values.sum())
+
 
 class Metrics:
     """Every tally the server keeps. Touched only on the event loop."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = {}  # (route, status)
+        # The scoring routes' requests, per route: five times and a status each, counted
+        # in bulk. Raw arrays, not tuples: a second's worth of live Python containers
+        # would make the garbage collector's passes longer and more frequent.
+        self.scoring: dict[str, ScoringLog] = {}
+        # Probabilities returned, per model version, binned in bulk into `probability` and
+        # into the version's drift window, which `drift_of` finds.
+        self.scores: dict[str, list[np.ndarray]] = {}
+        self.drift_of: Callable[[str], ScoreDrift | None] = lambda version: None
         self.durations: dict[str, Histogram] = {}  # route -> total seconds
         self.stages = {stage: Histogram(SECONDS) for stage in STAGES}
         self.batch_rows = Histogram(ROWS)
@@ -128,7 +157,12 @@ class Metrics:
         self.gauge_sources: list[GaugeSource] = []
         self.counter_sources: list[GaugeSource] = []
         self.drift_sources: list[DriftSource] = []
-        self.flushers: list[Callable[[], None]] = []  # more buffers to empty on each flush
+
+    def scoring_log(self, route: str) -> ScoringLog:
+        return self.scoring.setdefault(route, ScoringLog())
+
+    def score_log(self, version: str) -> list[np.ndarray]:
+        return self.scores.setdefault(version, [])
 
     def count_request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -138,6 +172,28 @@ class Metrics:
             histogram = self.durations[route] = Histogram(SECONDS)
         histogram.observe(seconds)
 
+    def _flush_scoring(self) -> None:
+        """Count and time the scoring requests recorded since the last flush, in bulk."""
+        for route, log in self.scoring.items():
+            if not log.statuses:
+                continue
+            times = np.frombuffer(log.times, dtype=np.float64).reshape(-1, 5).copy()
+            statuses = np.frombuffer(log.statuses, dtype=np.uint16).copy()
+            del log.times[:], log.statuses[:]
+            for status, n in zip(*np.unique(statuses, return_counts=True), strict=True):
+                key = (route, int(status))
+                self.requests[key] = self.requests.get(key, 0) + int(n)
+            histogram = self.durations.get(route)
+            if histogram is None:
+                histogram = self.durations[route] = Histogram(SECONDS)
+            histogram.observe_array(times[:, 4] - times[:, 0])
+            # Columns: started, body read, validated, encoding, finished; NaN where a
+            # request did not get that far.
+            parse = times[:, 2] - times[:, 1]
+            self.stages["parse"].observe_array(parse[np.isfinite(parse)])
+            encode = times[:, 4] - times[:, 3]
+            self.stages["encode"].observe_array(encode[np.isfinite(encode)])
+
     def histograms(self) -> list[Histogram]:
         return [
             *self.durations.values(),
@@ -146,11 +202,22 @@ class Metrics:
             self.probability,
         ]
 
+    def _flush_scores(self) -> None:
+        for version, log in self.scores.items():
+            if not log:
+                continue
+            scores = np.concatenate(log)
+            log.clear()
+            self.probability.observe_array(scores)
+            drift = self.drift_of(version)
+            if drift is not None:
+                drift.observe(scores, checked=True)  # the service checked them: probabilities
+
     def flush(self) -> None:
+        self._flush_scoring()
+        self._flush_scores()
         for histogram in self.histograms():
             histogram.flush()
-        for flush in self.flushers:
-            flush()
 
     async def keep_flushing(self) -> None:
         """Bound the values waiting for their buckets, however rarely /metrics is read."""

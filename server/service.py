@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import operator
-import time
 from collections.abc import Sequence
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from server.alerts import AlertSender
 from server.batching import Runner
 from server.drift import ScoreDrift
 from server.errors import ModelFailure, SettingsError
-from server.metrics import Metrics
+from server.metrics import VALIDATED, Metrics
 from server.payloads import ScoreRequest, parse_batch_request, parse_score_request
 from server.scorer import Scorer
 
@@ -41,6 +41,7 @@ class ScoringService:
         self.info = scorer.info
         self.max_batch_items = max_batch_items
         self.metrics = metrics
+        self._score_log = metrics.score_log(self.info.version) if metrics is not None else None
         self.alerts = alerts
         # Drift is measured against this version's own reference, when its artifact has one.
         self.drift = (
@@ -76,18 +77,20 @@ class ScoringService:
             return REVIEW
         return APPROVE
 
-    async def score(self, payload: Any, received: float | None = None) -> dict[str, Any]:
-        """One transaction; `received` (perf_counter) is when its body was read, for metrics."""
+    async def score(self, payload: Any, stamps: list[float] | None = None) -> dict[str, Any]:
+        """One transaction. `stamps`, for metrics, gets the time it is validated."""
         request = parse_score_request(payload, self.info.feature_names)
         rows = np.asarray([request.features], np.float32)
-        self._parsed(received)
+        if stamps is not None:
+            stamps[VALIDATED] = perf_counter()
         probabilities = await self.predict_rows(rows)
         return self._result(request, float(probabilities[0]), self._unusual_row(request.features))
 
-    async def score_batch(self, payload: Any, received: float | None = None) -> dict[str, Any]:
+    async def score_batch(self, payload: Any, stamps: list[float] | None = None) -> dict[str, Any]:
         requests = parse_batch_request(payload, self.info.feature_names, self.max_batch_items)
         rows = np.asarray([r.features for r in requests], np.float32)
-        self._parsed(received)
+        if stamps is not None:
+            stamps[VALIDATED] = perf_counter()
         probabilities = await self.predict_rows(rows)
         return {
             "results": [
@@ -98,10 +101,6 @@ class ScoringService:
             ]
         }
 
-    def _parsed(self, received: float | None) -> None:
-        if self.metrics is not None and received is not None:
-            self.metrics.stages["parse"].observe(time.perf_counter() - received)
-
     async def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         """Validated (rows, F) float32 features -> probabilities, through the shared batcher."""
         probabilities = await self.runner.predict(rows)
@@ -109,11 +108,8 @@ class ScoringService:
         if not (probabilities.min() >= 0.0 and probabilities.max() <= 1.0):
             logger.error("model %s returned values outside [0, 1]", self.info.version)
             raise ModelFailure("the model returned a value that is not a probability")
-        if self.metrics is not None:
-            values = probabilities.tolist()
-            self.metrics.probability.observe_many(values)
-            if self.drift is not None:
-                self.drift.add(values)  # checked just above; binned in bulk later
+        if self._score_log is not None:
+            self._score_log.append(probabilities)  # binned in bulk, once a second
         return probabilities
 
     def _unusual_row(self, values: Sequence[float]) -> list[str]:
