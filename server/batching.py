@@ -147,6 +147,10 @@ class _BoundedQueue:
         self._pending: deque[_Job] = deque()
         self._pending_rows = 0
         self._closed = False
+        self._setup()
+
+    def _setup(self) -> None:
+        """A subclass's own state, made at the end of __init__."""
 
     def queue_depth(self) -> int:
         return len(self._pending)
@@ -178,15 +182,7 @@ class _BoundedQueue:
 
 
 class LoopBatcher(_BoundedQueue):
-    def __init__(
-        self,
-        predict: Predict,
-        max_batch: int = 64,
-        max_queue: int = 1024,
-        max_delay_s: float = 0.0,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(predict, max_batch, max_queue, max_delay_s, metrics)
+    def _setup(self) -> None:
         self._flush_handle: asyncio.Handle | None = None
         self._flush_is_timer = False  # uvloop's timer handles are no asyncio.TimerHandle
         self._ran_recently = False  # the model ran in this turn of the loop or the last
@@ -262,15 +258,7 @@ class LoopBatcher(_BoundedQueue):
 
 
 class Batcher(_BoundedQueue):
-    def __init__(
-        self,
-        predict: Predict,
-        max_batch: int = 64,
-        max_queue: int = 1024,
-        max_delay_s: float = 0.0,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(predict, max_batch, max_queue, max_delay_s, metrics)
+    def _setup(self) -> None:
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
         self._retiring = False

@@ -92,22 +92,24 @@ def repository_with(tiny_model_dir: Path, root: Path) -> Path:
     return model_root
 
 
-@pytest.fixture
-def polling_off(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[LiveServer, Path]]:
+def serve_repository(
+    tiny_model_dir: Path, tmp_path: Path, poll_interval_s: str
+) -> Iterator[tuple[LiveServer, Path]]:
     model_root = repository_with(tiny_model_dir, tmp_path / "repo")
-    env = {"FRAUD_ADMIN_KEYS": ADMIN_KEY, "FRAUD_POLL_INTERVAL_S": "0"}
+    env = {"FRAUD_ADMIN_KEYS": ADMIN_KEY, "FRAUD_POLL_INTERVAL_S": poll_interval_s}
     server = start_server(model_root / "1", tmp_path / "uvicorn.log", env)
     yield server, model_root
     stop_server(server)
+
+
+@pytest.fixture
+def polling_off(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[LiveServer, Path]]:
+    yield from serve_repository(tiny_model_dir, tmp_path, "0")
 
 
 @pytest.fixture
 def polling_fast(tiny_model_dir: Path, tmp_path: Path) -> Iterator[tuple[LiveServer, Path]]:
-    model_root = repository_with(tiny_model_dir, tmp_path / "repo")
-    env = {"FRAUD_ADMIN_KEYS": ADMIN_KEY, "FRAUD_POLL_INTERVAL_S": "0.2"}
-    server = start_server(model_root / "1", tmp_path / "uvicorn.log", env)
-    yield server, model_root
-    stop_server(server)
+    yield from serve_repository(tiny_model_dir, tmp_path, "0.2")
 
 
 def test_a_new_version_loaded_on_request_swaps_in_under_load_with_no_failure(
