@@ -17,17 +17,17 @@ import http.client
 import json
 import secrets
 import socket
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.latency import load_session, make_rows, summarize, time_http
-from benchmarks.serving import ROOT, model_env, uvicorn_server
+from benchmarks.serving import ROOT, free_port, model_env, uvicorn_server
 
 READY_TIMEOUT_S = 30.0
 
@@ -41,25 +41,44 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+RECEIVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+server.serve_forever()
+"""
+
+
 @contextmanager
 def answering_receiver() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    """A receiver answering 204 at once, in its own process so that it takes no time from
+    the client that measures."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/hook"
     finally:
-        server.shutdown()
-        server.server_close()
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @contextmanager
