@@ -330,6 +330,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
             await anyio.to_thread.run_sync(alerts.close, ALERT_FLUSH_S)
         if exporter is not None:
             exporter.close()
+        shutdown.finished()
 
     async def openapi(request: Request) -> Response:
         """The API description; its schemas name the model's features, so it needs the model."""

@@ -189,37 +189,40 @@ class ScoringRoutes:
         extra = [(REQUEST_ID, request_id)]
         if self.state.draining:
             extra.append(CLOSE)
-        status = 200
+        status = 500  # unless an answer is sent
         # When the body was read, validated and encoded, as far as the request gets.
         stamps = [started, NAN, NAN, NAN, NAN] if self.metrics is not None else None
         try:
-            result = await self.answer(scope, receive, headers, limit, score, stamps)
-        except ServingError as error:
-            status = error.status_code
-            if status == 429 and self.metrics is not None:
-                self.metrics.rate_limited += 1
-            await send_json(send, status, error.to_body(), error.headers, extra)
-        except Exception:
-            status = 500
-            logger.exception("unexpected error on %s", path)
-            await send_json(send, status, ServingError("internal error").to_body(), None, extra)
-        else:
-            if stamps is not None:
-                stamps[ENCODING] = perf_counter()
-            await send_json(send, 200, result, None, extra)
+            try:
+                result = await self.answer(scope, receive, headers, limit, score, stamps)
+            except ServingError as error:
+                status = error.status_code
+                if status == 429 and self.metrics is not None:
+                    self.metrics.rate_limited += 1
+                await send_json(send, status, error.to_body(), error.headers, extra)
+            except Exception:
+                logger.exception("unexpected error on %s", path)
+                body = ServingError("internal error").to_body()
+                await send_json(send, 500, body, None, extra)
+            else:
+                if stamps is not None:
+                    stamps[ENCODING] = perf_counter()
+                status = 200
+                await send_json(send, 200, result, None, extra)
         finally:
+            # Counted even when the request is cancelled or the client is gone mid-answer.
             logs.request_id.reset(token)
-        if stamps is not None or self.context.access_log:
-            finished = perf_counter()
-            assert path is not None
-            if stamps is not None:
-                # Counted and timed in bulk, once a second (Metrics._flush_scoring).
-                stamps[FINISHED] = finished
-                log = self.logs[path]
-                log.times.extend(stamps)
-                log.statuses.append(status)
-            if self.context.access_log:
-                log_access(scope["method"], path, status, finished - started, request_id)
+            if stamps is not None or self.context.access_log:
+                finished = perf_counter()
+                assert path is not None
+                if stamps is not None:
+                    # Counted and timed in bulk, once a second (Metrics._flush_scoring).
+                    stamps[FINISHED] = finished
+                    log = self.logs[path]
+                    log.times.extend(stamps)
+                    log.statuses.append(status)
+                if self.context.access_log:
+                    log_access(scope["method"], path, status, finished - started, request_id)
 
     async def answer(
         self,
@@ -239,7 +242,8 @@ class ScoringRoutes:
         # Authenticate before reading anything, so strangers learn nothing from validation.
         self.guard.check(key)
         if self.limiter is not None:
-            self.limiter.take(key or "")
+            # Without auth the key is whatever a client sends: one shared bucket then.
+            self.limiter.take(key or "" if self.guard.enabled else "")
         version = requested_version(scope["query_string"])
         self.state.ready_snapshot()
         require_json(headers.get(b"content-type"))

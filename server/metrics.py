@@ -223,7 +223,10 @@ class Metrics:
         """Bound the values waiting for their buckets, however rarely /metrics is read."""
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a failed flush must not stop the next ones
+                logger.exception("metrics flush failed")
 
     def state(self) -> dict[str, Any]:
         """Everything, as JSON-ready data: what a worker writes and a scrape adds up."""
@@ -404,8 +407,12 @@ class MetricsExporter:
     def render(self) -> bytes:
         state = self.metrics.state()
         if self.directory is not None:
-            merged = merge([state], [True])
-            for other, alive in self._other_workers():
+            # This worker's own file first, then every file, its own included: all workers
+            # are read as of their last write, so a total never goes down between two
+            # scrapes answered by different workers.
+            self.dump(state)
+            merged = merge([], [])
+            for other, alive in self._workers():
                 try:
                     merged = merge([merged, other], [True, alive])
                 except (AttributeError, KeyError, TypeError, ValueError):
@@ -417,23 +424,21 @@ class MetricsExporter:
         registry.register(_Snapshot(state))
         return generate_latest(registry)
 
-    def _other_workers(self) -> Iterator[tuple[dict[str, Any], bool]]:
+    def _workers(self) -> Iterator[tuple[dict[str, Any], bool]]:
         assert self.directory is not None
         now = time.time()
         for path in self.directory.glob("*.json"):
-            if path == self.file:
-                continue
             try:
                 age = now - path.stat().st_mtime
                 yield json.loads(path.read_bytes()), age < LIVE_FILE_AGE_S
             except (OSError, ValueError):
                 continue  # being replaced right now, or gone: the next scrape sees it
 
-    def dump(self) -> None:
+    def dump(self, state: dict[str, Any] | None = None) -> None:
         if self.file is None:
             return
         staging = self.file.with_suffix(".tmp")
-        staging.write_text(json.dumps(self.metrics.state()))
+        staging.write_text(json.dumps(state if state is not None else self.metrics.state()))
         os.replace(staging, self.file)  # a reader sees the old file or the new, never half
 
     async def keep_dumping(self) -> None:
@@ -441,7 +446,7 @@ class MetricsExporter:
             await asyncio.sleep(DUMP_INTERVAL_S)
             try:
                 self.dump()
-            except OSError:
+            except Exception:  # keep trying: the folder may come back
                 logger.exception("cannot write the metrics file %s", self.file)
 
     def close(self) -> None:

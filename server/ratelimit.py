@@ -36,5 +36,6 @@ class RateLimiter:
                 f"over the rate limit of {self.rate:g} requests/s for this key",
                 headers={"Retry-After": str(max(1, wait))},
             )
-        # Only valid keys get here (auth comes first), so the buckets are as many as the keys.
+        # Only valid keys get here (auth comes first, and without auth every request shares
+        # one bucket), so the buckets are as many as the keys.
         self._buckets[key] = (tokens - 1.0, now)

@@ -32,6 +32,7 @@ class GracefulShutdown:
         self.on_drain: Callable[[], None] = lambda: None
         self._passed_on: Handler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: threading.Timer | None = None
 
     def install(self) -> bool:
         """Take SIGTERM over from uvicorn (whose handler is kept and called after the
@@ -43,31 +44,43 @@ class GracefulShutdown:
             return False  # not run by uvicorn: leave the default behaviour alone
         self._passed_on = previous
         self._loop = asyncio.get_running_loop()
-        self._loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        # A plain handler, not the loop's: the watchdog must start even if the loop is stuck.
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         return True
 
-    def _on_sigterm(self) -> None:
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        assert self._loop is not None
         if self.draining:
+            # A second SIGTERM: stop draining and stop now.
+            self._loop.call_soon_threadsafe(self._stop)
             return
         self.draining = True
+        self._watchdog = threading.Timer(self.timeout_s, self._give_up)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        assert self._loop is not None
         self.on_drain()
         logger.info(
             "SIGTERM: not ready; draining for %.1f s, then stopping (at most %.1f s)",
             self.drain_s,
             self.timeout_s,
         )
-        assert self._loop is not None
         self._loop.call_later(self.drain_s, self._stop)
-        # A thread, not the loop: it must fire even if the loop is stuck.
-        watchdog = threading.Timer(self.timeout_s, self._give_up)
-        watchdog.daemon = True
-        watchdog.start()
 
     def _stop(self) -> None:
-        assert self._loop is not None and self._passed_on is not None
-        self._loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._passed_on)
-        self._passed_on(signal.SIGTERM, None)
+        if self._passed_on is None:
+            return  # already handed on
+        passed_on, self._passed_on = self._passed_on, None
+        signal.signal(signal.SIGTERM, passed_on)
+        passed_on(signal.SIGTERM, None)
+
+    def finished(self) -> None:
+        """The app has shut down: no watchdog must outlive it (an embedding program may)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def _give_up(self) -> None:
         logger.error("shutdown took over %.1f s; exiting now", self.timeout_s)

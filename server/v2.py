@@ -124,6 +124,7 @@ class V2Endpoints:
 
     async def model_ready(self, request: Request) -> Response:
         try:
+            self.state.ready_for_traffic()
             self.model(request)
         except ServingError as error:
             return v2_error(error)
@@ -134,7 +135,8 @@ class V2Endpoints:
             key = request.headers.get(HEADER)
             self.guard.check(key)
             if self.limiter is not None:
-                self.limiter.take(key or "")
+                # Without auth the key is whatever a client sends: one shared bucket then.
+                self.limiter.take(key or "" if self.guard.enabled else "")
             self.model(request)  # 404 before reading a body meant for nobody
             body = await self.read_body(request)
             received = time.perf_counter()

@@ -292,3 +292,16 @@ def test_sigterm_drains_under_load_without_failing_an_accepted_request(
     assert exit_code in (0, -signal.SIGTERM)
     log = server.log.read_text()
     assert "draining" in log and "Traceback" not in log
+
+
+def test_a_second_sigterm_cuts_the_drain_short(tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = {"FRAUD_SHUTDOWN_DRAIN_S": "30", "FRAUD_SHUTDOWN_TIMEOUT_S": "60"}
+    server = start_server(tiny_model_dir, tmp_path / "uvicorn.log", env)
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert httpx.get(f"{server.base_url}/v1/health/ready", timeout=5).status_code == 503
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=20)
+    assert time.monotonic() - signalled < 10  # not the 30 s drain, nor the 60 s watchdog
+    assert "Traceback" not in server.log.read_text()

@@ -317,7 +317,7 @@ def exporters(tmp_path: Path) -> tuple[MetricsExporter, MetricsExporter]:
 
 def test_a_scrape_adds_up_every_worker_file(tmp_path: Path) -> None:
     here, other = exporters(tmp_path)
-    here.dump()  # this worker's own file is skipped: its live tallies count instead
+    here.dump()  # a scrape rewrites this worker's own file first, with its live tallies
     here.metrics.count_request("/v1/score", 200, 0.0003)
     metrics = samples(here.render().decode())
     assert value(metrics, "fraud_requests_total", route="/v1/score", status="200") == 3 + 1 + 4
@@ -414,3 +414,41 @@ def test_rate_limited_requests_are_counted() -> None:
     assert value(metrics, "fraud_requests_total", route="/v1/score", status="429") == 2
     assert value(metrics, "fraud_requests_total", route="/v2/models/{name}/infer") == 1
     assert value(metrics, "fraud_shed_total") == 0
+
+
+def test_totals_never_go_down_between_scrapes_of_different_workers(tmp_path: Path) -> None:
+    here, other = exporters(tmp_path)
+    here.dump()
+    other.metrics.count_request("/v1/score", 200, 0.0003)  # not yet in its file
+    totals = []
+    for exporter in (other, here, other, here):  # scrapes answered by alternating workers
+        text = exporter.render().decode()
+        totals.append(value(samples(text), "fraud_requests_total", route="/v1/score", status="200"))
+        exporter.metrics.count_request("/v1/score", 200, 0.0003)
+    assert totals == sorted(totals) and totals[0] == 3 + 4 + 1
+
+
+def test_a_failing_flush_does_not_stop_the_flushing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import server.metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "FLUSH_INTERVAL_S", 0.001)
+    metrics = Metrics()
+    calls: list[int] = []
+
+    def flush() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    metrics.flush = flush  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(metrics.keep_flushing())
+        while len(calls) < 3:
+            await asyncio.sleep(0.001)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert len(calls) >= 3

@@ -199,3 +199,11 @@ def test_burst_zero_means_one_seconds_worth_and_at_least_one() -> None:
     with TestClient(create_app(config, scorer=FakeScorer())) as client:
         statuses = [score(client, A).status_code for _ in range(2)]
     assert statuses == [200, 429]
+
+
+def test_without_auth_every_client_shares_one_bucket() -> None:
+    config = Settings(insecure_disable_auth=True, rate_limit_rps=0.001, rate_limit_burst=2)
+    with TestClient(create_app(config, scorer=FakeScorer())) as client:
+        # Invented keys are not identities when auth is off: they must not buy new buckets.
+        statuses = [score(client, f"made-up-{i}").status_code for i in range(4)]
+    assert statuses == [200, 200, 429, 429]
