@@ -74,11 +74,11 @@ class Settings:
     # as Slack-style {"text": ...} if alert_slack. A bounded queue per URL; retries with
     # backoff; alerts beyond the queue are dropped and counted, never waited for.
     alert_urls: tuple[str, ...] = field(default=(), repr=False)  # may carry tokens
-    alert_on_review: bool = False
-    alert_slack: bool = False
-    alert_queue: int = 1000
-    alert_timeout_s: float = 2.0
-    alert_retries: int = 3
+    alert_on_review: bool = AlertConfig.on_review
+    alert_slack: bool = AlertConfig.slack
+    alert_queue: int = AlertConfig.queue_size
+    alert_timeout_s: float = AlertConfig.timeout_s
+    alert_retries: int = AlertConfig.retries
     # Per-API-key token bucket on the scoring routes: requests/s (0: no limit) and burst
     # (0: one second's worth). Per process.
     rate_limit_rps: float = 0.0
