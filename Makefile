@@ -12,7 +12,7 @@ TRAIN_SEED ?= 3
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test data train export lint gate bench bench-overhead bench-latency clean
+.PHONY: serve test data train export lint gate image-test bench bench-overhead bench-latency clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -69,6 +69,11 @@ bench: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.bench
 
 # Single-request latency at concurrency 1 against a real uvicorn, from the serving venv.
+# Builds the serving image (docker, or podman with a debootstrapped base when no engine runs),
+# starts it, scores a transaction, checks TensorFlow is absent and prints the sizes.
+image-test:
+	bash deploy/image-test.sh
+
 # What metrics and the access log cost: the server with each on and off, in one run.
 bench-overhead: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.bench --targets server_no_metrics,server,server_access_log \

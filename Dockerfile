@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# The serving image: onnxruntime, Starlette and uvicorn on the shipped model. No TensorFlow,
+# no compilers, no test tools. `--target train` builds the training environment instead.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+# pip trusts this bundle when a build mounts the host's authorities over it.
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+COPY requirements-serve.txt /tmp/
+# pip and setuptools leave with the build: the server never installs anything.
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-compile -r /tmp/requirements-serve.txt \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && find /opt/venv \( -name __pycache__ -o -name tests \) -prune -exec rm -rf {} +
+
+FROM ${PYTHON_IMAGE} AS serve
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FRAUD_MODEL_REPOSITORY=/app/models
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fraud
+WORKDIR /app
+COPY --from=build /opt/venv /opt/venv
+COPY server/ server/
+COPY models/ models/
+USER 10001
+EXPOSE 8000
+# The standard library only: the image has no curl.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v1/health/ready', timeout=2).status != 200)"]
+CMD ["uvicorn", "--factory", "server.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--no-access-log", "--loop", "uvloop", "--http", "httptools", \
+     "--timeout-graceful-shutdown", "30"]
+
+FROM ${PYTHON_IMAGE} AS train
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt PATH=/opt/venv/bin:$PATH
+WORKDIR /app
+COPY requirements-serve.txt requirements-train.txt ./
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -r requirements-train.txt
+COPY training/ training/
+COPY export/ export/
+ENTRYPOINT ["python3", "-m", "training"]

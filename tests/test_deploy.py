@@ -1,0 +1,132 @@
+"""The Dockerfile and the Kubernetes/KServe manifests: linted, validated offline against the
+Kubernetes schemas, and consistent with the server they deploy. (`make image-test` builds
+and runs the image itself.)"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from server.settings import Settings
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+K8S_VERSION = "1.37.0"
+MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml")
+
+
+def load(path: Path) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_manifests_pass_yamllint() -> None:
+    config = "{extends: default, rules: {line-length: {max: 100}}}"
+    result = subprocess.run(
+        [str(BIN / "yamllint"), "--strict", "-d", config, "deploy/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_each_manifest_is_valid_kubernetes(name: str) -> None:
+    kubernetes_validate.validate(load(DEPLOY / "k8s" / name), K8S_VERSION, strict=True)
+
+
+def test_kustomize_lists_every_manifest() -> None:
+    assert sorted(load(DEPLOY / "k8s" / "kustomization.yaml")["resources"]) == sorted(MANIFESTS)
+
+
+def inference_service() -> dict[str, Any]:
+    service = load(DEPLOY / "kserve" / "inferenceservice.yaml")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert service["kind"] == "InferenceService"
+    return service
+
+
+def test_the_inference_service_runs_a_valid_pod_speaking_v2() -> None:
+    # No schema ships for KServe's resource; its predictor is a pod spec, so validate that.
+    predictor = inference_service()["spec"]["predictor"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "predictor"},
+        "spec": {"containers": predictor["containers"], "volumes": predictor["volumes"]},
+    }
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    container = predictor["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PROTOCOL"] == "v2"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    port = container["args"][container["args"].index("--port") + 1]
+    assert int(port) == container["ports"][0]["containerPort"] == 8080
+
+
+def server_container() -> dict[str, Any]:
+    spec = load(DEPLOY / "k8s" / "deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def test_the_deployment_settings_are_ones_the_server_accepts() -> None:
+    env = {e["name"]: e["value"] for e in server_container()["env"]}
+    assert all(name.startswith("FRAUD_") for name in env)
+    settings = Settings.from_env(env)  # refuses unknown values by name
+    cpus = float(server_container()["resources"]["limits"]["cpu"])
+    assert settings.intra_op_threads == cpus  # one onnxruntime thread per CPU of the limit
+
+
+def test_shutdown_timings_fit_inside_the_grace_period() -> None:
+    deployment = load(DEPLOY / "k8s" / "deployment.yaml")
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    settings = Settings.from_env({e["name"]: e["value"] for e in server_container()["env"]})
+    readiness = server_container()["readinessProbe"]
+    # Load balancers notice the 503 within a probe period times its threshold: drain longer.
+    noticed = readiness["periodSeconds"] * readiness["failureThreshold"]
+    assert noticed <= settings.shutdown_drain_s < settings.shutdown_timeout_s < grace
+
+
+def test_probes_and_port_match_the_image() -> None:
+    container = server_container()
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v1/health/live"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'"--port", "8000"', dockerfile) and "EXPOSE 8000" in dockerfile
+    assert container["ports"][0]["containerPort"] == 8000
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    uid = re.search(r"^USER (\d+)$", dockerfile, re.M)
+    pod_security = load(DEPLOY / "k8s" / "deployment.yaml")["spec"]["template"]["spec"][
+        "securityContext"
+    ]
+    assert uid is not None and int(uid[1]) == pod_security["runAsUser"] != 0
+
+
+def test_the_serving_stage_copies_no_training_code() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    serve = dockerfile.split("AS serve", 1)[1].split("\nFROM ", 1)[0]
+    copied = re.findall(r"^COPY (?:--from=\S+ )?(\S+)", serve, re.M)
+    assert copied == ["/opt/venv", "server/", "models/"]
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    healthcheck = re.search(r"^HEALTHCHECK .*\n.*$", serve, re.M)
+    assert healthcheck is not None and "urllib" in healthcheck[0] and "curl" not in healthcheck[0]
