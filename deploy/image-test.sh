@@ -2,29 +2,45 @@
 # Build the serving image, run it, and check it from outside: healthy, scores a
 # transaction, has no TensorFlow, and adds at most IMAGE_BUDGET_MB to its base.
 #
-# Uses docker where a docker engine answers; otherwise podman (installed with apt when
-# missing, run as root with runc and host networking). Without a registry to pull from,
-# the base image is built locally from Debian bookworm with debootstrap (its python3 is
-# 3.11) and kept between runs.
+# Uses docker where a docker engine answers, on python:3.11-slim; otherwise podman
+# (installed with apt when missing, run as root with runc and host networking). When the
+# base cannot be pulled, it is built locally from Debian bookworm with debootstrap (its
+# python3 is 3.11) and kept between runs.
 set -euo pipefail
 
 IMAGE=${IMAGE:-localhost/fraud-scoring:test}
-BASE=${BASE_IMAGE:-localhost/python-base:3.11}
+LOCAL_BASE=localhost/python-base:3.11
 PORT=${PORT:-18080}
 IMAGE_BUDGET_MB=${IMAGE_BUDGET_MB:-200}
 KEY=image-test-key-$RANDOM$RANDOM
 NAME=fraud-image-test-$$
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
-trap 'cleanup' EXIT
+
+cleanup() {
+    if [ -n "${STARTED:-}" ] && [ -z "${PASSED:-}" ]; then
+        echo "--- container log ---"
+        engine logs "$NAME" 2>&1 | tail -40 || true
+    fi
+    engine rm -f "$NAME" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
 
 engine_args=()
-if docker info >/dev/null 2>&1; then
+if timeout 10 docker info >/dev/null 2>&1; then
     ENGINE=docker
+    BASE=${BASE_IMAGE:-python:3.11-slim}
 else
     ENGINE=podman
-    if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >/dev/null
+    BASE=${BASE_IMAGE:-$LOCAL_BASE}
+    if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+        apt_install podman runc
     fi
     # No ulimits to copy from this sandboxed host, runc rather than crun, host networking.
     printf '[containers]\ndefault_ulimits = []\n' >"$WORK/containers.conf"
@@ -33,16 +49,17 @@ else
 fi
 engine() { "$ENGINE" "${engine_args[@]}" "$@"; }
 
-cleanup() {
-    engine rm -f "$NAME" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-
 mb() { echo $(( $1 / 1000000 )); }
 size_of() { engine image inspect --format '{{.Size}}' "$1"; }
 
-if ! engine image exists "$BASE" 2>/dev/null && ! engine image inspect "$BASE" >/dev/null 2>&1; then
+has_image() { engine image inspect "$1" >/dev/null 2>&1; }
+if ! has_image "$BASE" && [ "$BASE" != "$LOCAL_BASE" ]; then
+    # A registry may answer (docker hosts usually have one); if not, build the base here.
+    timeout 300 engine pull "$BASE" >/dev/null 2>&1 || BASE=$LOCAL_BASE
+fi
+if ! has_image "$BASE"; then
     echo "building $BASE with debootstrap (once; kept for later runs)"
+    command -v debootstrap >/dev/null || apt_install debootstrap
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log"; exit 1; }
@@ -53,17 +70,20 @@ fi
 build_args=(--build-arg "PYTHON_IMAGE=$BASE" --target serve -t "$IMAGE")
 if [ "$ENGINE" = podman ]; then
     build_args+=(--format docker --network host)  # docker format: keeps the HEALTHCHECK
-fi
-if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-    # pip inside the build trusts what this host trusts (a proxy's authority, say).
-    build_args+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+        # pip inside the build trusts what this host trusts (a proxy's authority, say).
+        build_args+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+    fi
 fi
 echo "building $IMAGE with $ENGINE"
 engine build "${build_args[@]}" "$HERE" >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 
 run_args=(-d --name "$NAME" -e "FRAUD_API_KEYS=$KEY")
 if [ "$ENGINE" = podman ]; then
-    # Host networking: the container listens on the host's loopback directly.
+    # Host networking: the container listens on the host's port 8000 directly, which must
+    # be free (a `make serve` there would answer in its place).
+    python3 -c 'import socket; socket.create_server(("127.0.0.1", 8000)).close()' \
+        || { echo "port 8000 is in use: stop what listens there"; exit 1; }
     run_args+=(--network host)
     URL=http://127.0.0.1:8000
 else
@@ -72,10 +92,11 @@ else
 fi
 # Podman without systemd complains it cannot schedule the HEALTHCHECK: it is run by hand below.
 engine run "${run_args[@]}" "$IMAGE" >/dev/null 2>"$WORK/run.log" || { cat "$WORK/run.log"; exit 1; }
+STARTED=1
 
-python3 - "$URL" "$KEY" <<'PY'
+python3 - "$URL" "$KEY" "$HERE/examples/transaction.json" <<'PY'
 import json, sys, time, urllib.request
-url, key = sys.argv[1], sys.argv[2]
+url, key, example = sys.argv[1], sys.argv[2], sys.argv[3]
 deadline = time.monotonic() + 60
 while True:
     try:
@@ -86,7 +107,7 @@ while True:
     if time.monotonic() > deadline:
         sys.exit("the container did not become ready in 60 s")
     time.sleep(0.5)
-body = json.load(open("examples/transaction.json", encoding="utf-8"))
+body = json.load(open(example, encoding="utf-8"))
 request = urllib.request.Request(
     url + "/v1/score", json.dumps(body).encode(),
     {"Content-Type": "application/json", "X-API-Key": key},
@@ -107,6 +128,8 @@ else
     engine healthcheck run "$NAME" >/dev/null || { echo "HEALTHCHECK failed"; exit 1; }
 fi
 echo "healthcheck: healthy"
+[ "$(engine inspect --format '{{.State.Running}}' "$NAME")" = true ] \
+    || { echo "the container is not running"; exit 1; }
 
 engine exec "$NAME" python3 -c '
 import importlib.util, sys
@@ -121,4 +144,5 @@ base=$(size_of "$BASE")
 added=$((image - base))
 echo "image $(mb "$image") MB; base $(mb "$base") MB; added by the project $(mb "$added") MB (budget ${IMAGE_BUDGET_MB} MB)"
 [ "$(mb "$added")" -le "$IMAGE_BUDGET_MB" ] || { echo "over budget"; exit 1; }
+PASSED=1
 echo "image-test: PASS"

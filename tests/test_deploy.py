@@ -56,29 +56,35 @@ def test_kustomize_lists_every_manifest() -> None:
     assert sorted(load(DEPLOY / "k8s" / "kustomization.yaml")["resources"]) == sorted(MANIFESTS)
 
 
-def inference_service() -> dict[str, Any]:
+def test_the_inference_service_asks_the_runtime_for_v2() -> None:
     service = load(DEPLOY / "kserve" / "inferenceservice.yaml")
-    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
-    assert service["kind"] == "InferenceService"
-    return service
+    runtime = load(DEPLOY / "kserve" / "servingruntime.yaml")
+    assert (service["apiVersion"], service["kind"]) == (
+        "serving.kserve.io/v1beta1",
+        "InferenceService",
+    )
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
+    assert model["modelFormat"]["name"] in formats
 
 
-def test_the_inference_service_runs_a_valid_pod_speaking_v2() -> None:
-    # No schema ships for KServe's resource; its predictor is a pod spec, so validate that.
-    predictor = inference_service()["spec"]["predictor"]
+def test_the_serving_runtime_runs_a_valid_pod_on_the_v2_routes() -> None:
+    # No schema ships for KServe's resources; the runtime's containers are a pod spec.
+    runtime = load(DEPLOY / "kserve" / "servingruntime.yaml")["spec"]
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "predictor"},
-        "spec": {"containers": predictor["containers"], "volumes": predictor["volumes"]},
+        "metadata": {"name": "runtime"},
+        "spec": {"containers": runtime["containers"], "volumes": runtime["volumes"]},
     }
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
-    container = predictor["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["PROTOCOL"] == "v2"
+    (container,) = runtime["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     port = container["args"][container["args"].index("--port") + 1]
-    assert int(port) == container["ports"][0]["containerPort"] == 8080
+    assert int(port) == container["ports"][0]["containerPort"] == 8080  # KServe's default
+    Settings.from_env({e["name"]: e["value"] for e in container["env"]})
 
 
 def server_container() -> dict[str, Any]:
