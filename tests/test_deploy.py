@@ -109,7 +109,14 @@ def test_shutdown_timings_fit_inside_the_grace_period() -> None:
     readiness = server_container()["readinessProbe"]
     # Load balancers notice the 503 within a probe period times its threshold: drain longer.
     noticed = readiness["periodSeconds"] * readiness["failureThreshold"]
-    assert noticed <= settings.shutdown_drain_s < settings.shutdown_timeout_s < grace
+    pause = server_container()["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # The grace period starts before preStop; SIGTERM, and the server's watchdog, after it.
+    assert noticed <= settings.shutdown_drain_s < settings.shutdown_timeout_s
+    assert pause + settings.shutdown_timeout_s < grace
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    uvicorn_grace = re.search(r'"--timeout-graceful-shutdown", "(\d+)"', dockerfile)
+    assert uvicorn_grace is not None
+    assert settings.shutdown_drain_s + int(uvicorn_grace[1]) <= settings.shutdown_timeout_s
 
 
 def test_probes_and_port_match_the_image() -> None:
