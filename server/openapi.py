@@ -135,8 +135,20 @@ def model_schemas(n_features: int) -> dict[str, Schema]:
     described["opset"] = {"type": "integer", "description": "ONNX opset, from the manifest."}
     described["runtime"] = STRING | {"description": 'What runs it, e.g. "onnxruntime 1.20.1".'}
     loads = obj({"ok": {"type": "integer"}, "refused": {"type": "integer"}})
+    number_or_null = {"type": ["number", "null"]}
+    point = obj({"time": {"type": "number"}, "rps": {"type": "number"}})
+    point["properties"] |= {"p50_ms": number_or_null, "p99_ms": number_or_null}
+    point["required"] += ["p50_ms", "p99_ms"]
+    sample = obj({"features": array(float32(), n_features, n_features), "fraud": BOOLEAN})
     return {
         "ModelDescription": obj(described),
+        "Stats": obj({"recent": array(point, description="A point a second, oldest first.")}),
+        "Samples": obj(
+            {
+                "feature_names": array(STRING, n_features, n_features),
+                "rows": array(sample, description="Legitimate and fraudulent, labelled."),
+            }
+        ),
         "ModelList": obj(
             {
                 "default_version": STRING | {"description": "The newest: served when unpinned."},
@@ -294,6 +306,22 @@ def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
         ),
         ("get", "/openapi.json", "This document", {"type": "object"}, (), None),
         ("get", "/metrics", "Prometheus metrics", STRING, (404,), None),
+        (
+            "get",
+            "/v1/stats",
+            "The last minute of scoring traffic",
+            ref("Stats"),
+            (401, 403, 404),
+            "ApiKey",
+        ),
+        (
+            "get",
+            "/v1/model/samples",
+            "Test-period rows shipped with the model",
+            ref("Samples"),
+            (401, 403, 404, 503),
+            "ApiKey",
+        ),
     ]
     for path in (model, version):
         model_ready = obj({"name": STRING, "ready": {"const": True}})

@@ -77,6 +77,8 @@ def test_keyed_routes_and_only_they_need_the_api_key() -> None:
     assert keyed == {
         ("/v1/model", "get"),
         ("/v1/models", "get"),
+        ("/v1/model/samples", "get"),
+        ("/v1/stats", "get"),
         ("/v1/score", "post"),
         ("/v1/score/batch", "post"),
         ("/v2/models/{name}/infer", "post"),

@@ -1,0 +1,127 @@
+// The page: connect with a key, build the form from the model, score, watch the server.
+// The key lives in this page's memory only: it is never stored.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let key = "", model = null, samples = [];
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "X-API-Key": key, "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = body.error || {};
+    throw new Error(`${response.status}: ${error.message || error || response.statusText}`);
+  }
+  return body;
+}
+
+function buildForm() {
+  $("features").replaceChildren(...model.features.map((name, i) => {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "number"; input.step = "any"; input.required = true;
+    input.id = `f${i}`; input.name = name; input.value = "0";
+    label.append(name, input);
+    return label;
+  }));
+  const options = samples.map((row, i) => {
+    const option = document.createElement("option");
+    option.value = String(i);
+    option.textContent = `${row.fraud ? "fraud" : "legitimate"} #${i + 1}`;
+    return option;
+  });
+  $("sample").replaceChildren(new Option("(choose a sample)", ""), ...options);
+  $("sample").disabled = false;
+  $("score").disabled = false;
+  $("model").textContent = `${model.name} version ${model.version}`;
+}
+
+$("connect-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  key = $("api-key").value.trim();
+  try {
+    model = await api("/v1/model");
+    samples = (await api("/v1/model/samples")).rows;
+    buildForm();
+    showError("");
+  } catch (error) {
+    showError(`Cannot connect: ${error.message}`);
+  }
+});
+
+$("sample").addEventListener("change", () => {
+  const row = samples[Number($("sample").value)];
+  if (row) row.features.forEach((value, i) => { $(`f${i}`).value = value; });
+});
+
+$("score-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const features = model.features.map((_, i) => Number($(`f${i}`).value));
+  const started = performance.now();
+  try {
+    const answer = await api("/v1/score", {
+      method: "POST",
+      body: JSON.stringify({ transaction_id: "ui", features }),
+    });
+    showResult(answer, performance.now() - started);
+    showError("");
+  } catch (error) {
+    showError(`Not scored: ${error.message}`);
+  }
+});
+
+function showResult(answer, ms) {
+  const percent = (p) => `${(100 * p).toFixed(1)}%`;
+  $("result").hidden = false;
+  $("decision").textContent = answer.decision;
+  $("decision").className = answer.decision;
+  $("fill").style.width = percent(answer.fraud_probability);
+  $("review-mark").style.left = percent(model.thresholds.review);
+  $("decline-mark").style.left = percent(model.thresholds.decline);
+  $("probability").textContent = answer.fraud_probability.toFixed(4);
+  $("version").textContent = answer.model_version;
+  $("ood").textContent = answer.out_of_distribution
+    ? `yes: ${answer.unusual_features.join(", ")}` : "no";
+  $("rtt").textContent = `${ms.toFixed(1)} ms`;
+}
+
+function sparkline(svg, values) {
+  const finite = values.filter((v) => Number.isFinite(v));
+  const top = Math.max(1e-9, ...finite);
+  const step = values.length > 1 ? 120 / (values.length - 1) : 0;
+  const points = values.map((v, i) =>
+    `${(i * step).toFixed(1)},${(30 - 28 * (Number.isFinite(v) ? v : 0) / top).toFixed(1)}`);
+  svg.innerHTML = `<polyline points="${points.join(" ")}"></polyline>`;
+}
+
+async function poll() {
+  if (key) {
+    try {
+      const points = (await api("/v1/stats")).recent;
+      // Requests/s over the last ten points; latency from the last point that had traffic.
+      const latest = points.slice(-10);
+      if (latest.length) {
+        const rps = latest.reduce((sum, p) => sum + p.rps, 0) / latest.length;
+        $("rps").textContent = rps.toFixed(1);
+      }
+      const timed = points.filter((p) => p.p99_ms !== null).pop();
+      if (timed) {
+        $("p50").textContent = timed.p50_ms.toFixed(2);
+        $("p99").textContent = timed.p99_ms.toFixed(2);
+      }
+      sparkline($("rps-line"), points.map((p) => p.rps));
+      sparkline($("p99-line"), points.map((p) => p.p99_ms ?? NaN));
+    } catch (error) {
+      // The panel stays as it was; errors from the user's own actions are the ones shown.
+    }
+  }
+  setTimeout(poll, 2000);
+}
+poll();

@@ -1,0 +1,124 @@
+"""The page at /ui in a real headless Chromium, against a real uvicorn serving the shipped
+model: score a shipped fraud sample and see DECLINE, see the live panel fill, see a wrong
+key's error. The screenshot lands in test-artifacts/ui.png."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
+
+SHIPPED = ROOT / "models" / "creditcard" / "1"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT_S = 20
+NO_VALUE = "\u2013"  # the panel's dash before its first figures
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    log = tmp_path_factory.mktemp("ui") / "uvicorn.log"
+    server = start_server(SHIPPED, log)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # No network here: background networking would make Chromium stall.
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_S)
+    yield driver
+    driver.quit()
+
+
+def declined_fraud_sample(server: LiveServer) -> int:
+    """The index of a shipped fraud sample that the shipped model declines."""
+    rows = json.loads((SHIPPED / "samples.json").read_text())["rows"]
+    with server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+        for index, row in enumerate(rows):
+            if row["fraud"]:
+                answer = client.post("/v1/score", json={"features": row["features"]}).json()
+                if answer["decision"] == "DECLINE":
+                    return index
+    raise AssertionError("no shipped fraud sample is declined")
+
+
+def connect(driver: webdriver.Chrome, server: LiveServer, key: str) -> None:
+    driver.get(f"{server.base_url}/ui/")
+    field = driver.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.ID, "connect").click()
+
+
+def test_a_shipped_fraud_sample_is_declined(
+    shipped_server: LiveServer, browser: webdriver.Chrome
+) -> None:
+    index = declined_fraud_sample(shipped_server)
+    connect(browser, shipped_server, TEST_API_KEY)
+    wait = WebDriverWait(browser, WAIT_S)
+    wait.until(lambda d: d.find_element(By.ID, "sample").is_enabled())
+    assert browser.find_element(By.ID, "model").text == "creditcard version 1"
+    # The form follows the model: one field per feature, in model order.
+    names = [
+        i.get_attribute("name") for i in browser.find_elements(By.CSS_SELECTOR, "#features input")
+    ]
+    assert names == json.loads((SHIPPED / "samples.json").read_text())["feature_names"]
+    Select(browser.find_element(By.ID, "sample")).select_by_value(str(index))
+    browser.find_element(By.ID, "score").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "decision"), "DECLINE"))
+    probability = float(browser.find_element(By.ID, "probability").text)
+    assert probability >= 0.9
+    assert browser.find_element(By.ID, "version").text == "1"
+    assert browser.find_element(By.ID, "rtt").text.endswith(" ms")
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+    # The live panel polls /v1/stats every 2 s and shows the traffic it saw.
+    wait.until(lambda d: d.find_element(By.ID, "p99").text not in ("", NO_VALUE))
+    assert float(browser.find_element(By.ID, "p99").text) > 0
+    assert float(browser.find_element(By.ID, "rps").text) > 0
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rps-line polyline"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "ui.png"))
+
+
+def test_a_wrong_key_is_shown_plainly(
+    shipped_server: LiveServer, browser: webdriver.Chrome
+) -> None:
+    connect(browser, shipped_server, "not-the-key")
+    error = browser.find_element(By.ID, "error")
+    WebDriverWait(browser, WAIT_S).until(lambda d: error.is_displayed())
+    assert "403" in error.text and "not valid" in error.text
+    assert not browser.find_element(By.ID, "score").is_enabled()
+
+
+def test_the_page_is_static_and_needs_no_key(shipped_server: LiveServer) -> None:
+    page = httpx.get(f"{shipped_server.base_url}/ui/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert httpx.get(f"{shipped_server.base_url}/ui/app.js", timeout=10).status_code == 200
