@@ -452,3 +452,22 @@ def test_a_failing_flush_does_not_stop_the_flushing(monkeypatch: pytest.MonkeyPa
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
     assert len(calls) >= 3
+
+
+def test_stats_give_the_last_minutes_rate_and_latency() -> None:
+    from starlette.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.server.fakes import FakeScorer
+
+    key = {"X-API-Key": "stats-key-123456"}
+    with TestClient(create_app(Settings(api_keys=(key["X-API-Key"],)), scorer=FakeScorer())) as c:
+        for _ in range(20):
+            assert c.post("/v1/score", json={"features": [0.2, 0, 0]}, headers=key).is_success
+        assert c.get("/v1/stats").status_code == 401
+        recent = c.get("/v1/stats", headers=key).json()["recent"]
+    assert recent, "one point per flush, and reading flushes"
+    last = recent[-1]
+    assert last["rps"] > 0 and 0 < last["p50_ms"] <= last["p99_ms"]
+    assert [p["time"] for p in recent] == sorted(p["time"] for p in recent)
