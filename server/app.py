@@ -15,7 +15,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -69,13 +69,13 @@ def error_response(request: Request, error: ServingError) -> Response:
 
 
 async def serving_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServingError)
-    return error_response(request, exc)
+    # Registered for ServingError: Starlette only hands it those.
+    return error_response(request, cast(ServingError, exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 in our error format."""
-    assert isinstance(exc, HTTPException)
+    exc = cast(HTTPException, exc)  # registered for HTTPException
     error: ServingError
     if exc.status_code == 405:
         error = MethodNotAllowed(

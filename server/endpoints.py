@@ -177,8 +177,8 @@ class ScoringRoutes:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = route_path(scope) if scope["type"] == "http" else None
-        route = self.routes.get(path) if path is not None else None
+        path = route_path(scope) if scope["type"] == "http" else ""
+        route = self.routes.get(path)
         if route is None:
             await self.context(scope, receive, send)
             return
@@ -217,7 +217,6 @@ class ScoringRoutes:
             logs.request_id.reset(token)
             if stamps is not None or self.context.access_log:
                 finished = perf_counter()
-                assert path is not None
                 if stamps is not None:
                     # Counted and timed in bulk, once a second (Metrics._flush_scoring).
                     stamps[FINISHED] = finished

@@ -461,7 +461,8 @@ class MetricsExporter:
         return generate_latest(registry)
 
     def _workers(self) -> Iterator[tuple[dict[str, Any], bool]]:
-        assert self.directory is not None
+        if self.directory is None:
+            return
         now = time.time()
         for path in self.directory.glob("*.json"):
             try:

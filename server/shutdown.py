@@ -49,7 +49,8 @@ class GracefulShutdown:
         return True
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        assert self._loop is not None
+        if self._loop is None:  # never installed: nothing to drain
+            return
         if self.draining:
             # A second SIGTERM: stop draining and stop now.
             self._loop.call_soon_threadsafe(self._stop)
@@ -61,7 +62,8 @@ class GracefulShutdown:
         self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
-        assert self._loop is not None
+        if self._loop is None:
+            return
         self.on_drain()
         logger.info(
             "SIGTERM: not ready; draining for %.1f s, then stopping (at most %.1f s)",
