@@ -338,7 +338,12 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
     async def openapi(request: Request) -> Response:
         """The API description; its schemas name the model's features, so it needs the model."""
         service = state.ready_service()
-        return JSONResponse(openapi_document(service.info.feature_names, service.max_batch_items))
+        info = service.info
+        return JSONResponse(
+            openapi_document(
+                info.feature_names, service.max_batch_items, info.input_name, info.output_name
+            )
+        )
 
     async def metrics_route(request: Request) -> Response:
         if exporter is None:

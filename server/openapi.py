@@ -161,7 +161,9 @@ def model_schemas(n_features: int) -> dict[str, Schema]:
     }
 
 
-def v2_schemas(n_features: int, max_rows: int) -> dict[str, Schema]:
+def v2_schemas(
+    n_features: int, max_rows: int, input_name: str, output_name: str
+) -> dict[str, Schema]:
     shape = array({"type": "integer"})
     tensor = obj({"name": STRING, "datatype": STRING, "shape": shape})
     binary_size = obj(
@@ -171,19 +173,23 @@ def v2_schemas(n_features: int, max_rows: int) -> dict[str, Schema]:
     columns = {"type": "integer", "const": n_features}
     data = [array(float32(), n_features, n_features * max_rows)]
     data.append(array(array(float32(), n_features, n_features), 1, max_rows))
-    infer_input = {
-        "name": STRING | {"description": "The model's input name (GET the model metadata)."},
+    infer_input: dict[str, Schema] = {
+        "name": {"const": input_name, "description": "The model's input (see its metadata)."},
         "datatype": {"const": DATATYPE},
         "shape": {"type": "array", "prefixItems": [rows, columns], "items": False, "minItems": 2},
         "data": {"oneOf": data, "description": "Row-major: n x F numbers, or n rows of F."},
         "parameters": binary_size
         | {
-            "description": f"Binary extension: binary_data_size = n x {n_features} x 4 bytes of "
-            f"little-endian float32 follow the JSON header (see {HEADER_LENGTH}).",
+            "description": f"Binary extension only: binary_data_size = n x {n_features} x 4 "
+            f"bytes of little-endian float32 follow the JSON header (see {HEADER_LENGTH}), "
+            "in place of data.",
         },
     }
     output_choice = obj(
-        {"name": STRING, "parameters": obj({"binary_data": BOOLEAN}, ("binary_data",))},
+        {
+            "name": {"const": output_name},
+            "parameters": obj({"binary_data": BOOLEAN}, ("binary_data",)),
+        },
         ("parameters",),
     )
     output = {"name": STRING, "datatype": {"const": DATATYPE}, "shape": shape}
@@ -198,14 +204,16 @@ def v2_schemas(n_features: int, max_rows: int) -> dict[str, Schema]:
         ),
         "V2InferInput": obj(
             infer_input,
-            ("data", "parameters"),
-            description="Exactly one of data and parameters.binary_data_size.",
+            ("parameters",),
+            description="In JSON: data, with n x F values for shape [n, F]. With the binary "
+            "extension, parameters.binary_data_size instead of data.",
         ),
         "V2InferRequest": obj(
             {
                 "id": STRING | {"description": "Echoed back."},
                 "inputs": array(ref("V2InferInput"), 1, 1),
-                "outputs": array(output_choice, 1),
+                "outputs": array(output_choice, 1)
+                | {"type": ["array", "null"], "description": "null or absent: every output."},
                 "parameters": obj({"binary_data_output": BOOLEAN}, ("binary_data_output",)),
             },
             ("id", "outputs", "parameters"),
@@ -343,7 +351,9 @@ def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
         "required": True,
         "description": f"JSON; or, with the binary tensor extension, the JSON header (its length "
         f"in the {HEADER_LENGTH} request header) followed by the raw tensor bytes.",
-        "content": {"application/json": {"schema": ref("V2InferRequest")}} | BINARY,
+        # The binary extension's body (a JSON header, then raw bytes) is described in words:
+        # no schema can say where the header ends.
+        "content": {"application/json": {"schema": ref("V2InferRequest")}},
     }
     return {
         "/v1/score": {
@@ -383,7 +393,12 @@ def paths(names: tuple[str, ...]) -> dict[str, Schema]:
     return result
 
 
-def openapi_document(feature_names: tuple[str, ...], max_batch_items: int) -> dict[str, Any]:
+def openapi_document(
+    feature_names: tuple[str, ...],
+    max_batch_items: int,
+    input_name: str = "features",
+    output_name: str = "fraud_probability",
+) -> dict[str, Any]:
     """The document for a model with these features and this batch (and v2 row) limit."""
     path_param: Schema = {"in": "path", "required": True, "schema": STRING}
     header_length = "The length of the JSON header; raw little-endian float32 bytes follow it."
@@ -401,7 +416,7 @@ def openapi_document(feature_names: tuple[str, ...], max_batch_items: int) -> di
         "components": {
             "schemas": score_schemas(feature_names, max_batch_items)
             | model_schemas(len(feature_names))
-            | v2_schemas(len(feature_names), max_batch_items),
+            | v2_schemas(len(feature_names), max_batch_items, input_name, output_name),
             "parameters": {
                 "Name": path_param | {"name": "name"},
                 "Version": path_param | {"name": "version"},

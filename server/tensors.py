@@ -75,6 +75,9 @@ def parse_input(
     if tensor.get("datatype") != DATATYPE:
         raise InvalidRequest(f"the input datatype must be {DATATYPE}")
     shape = tensor.get("shape")
+    if type(shape) is list:
+        # JSON does not tell 2 from 2.0; a whole float is a whole number of rows.
+        shape = [int(d) if type(d) is float and d.is_integer() else d for d in shape]
     if (
         type(shape) is not list
         or len(shape) != 2

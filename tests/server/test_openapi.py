@@ -157,6 +157,10 @@ def test_the_v2_infer_request_schema() -> None:
     del binary["inputs"][0]["data"]
     binary["inputs"][0]["parameters"] = {"binary_data_size": 12}
     binary["outputs"] = [{"name": "fraud_probability", "parameters": {"binary_data": True}}]
+    # A binary extension header without its bytes is not a valid JSON request: the schema
+    # describes the JSON form, and the binary form in words.
+    assert not valid("V2InferRequest", binary)
+    binary["inputs"][0]["data"] = [0.1, 0.0, 1.0]
     assert valid("V2InferRequest", binary)
     too_many = infer_body(MAX_ITEMS + 1)
     assert not valid("V2InferRequest", too_many)
