@@ -1,0 +1,164 @@
+"""Overload: offer about three times what the server can answer, then see it recover.
+
+Against a real uvicorn serving the shipped model on loopback:
+1. capacity: 200s per second from 32 connections with no pause (closed loop, 5 s);
+2. normal: open-loop at half of that (the reference p99);
+3. overload: open-loop at `--factor` x capacity for `--overload-s` seconds;
+4. recovery: half of capacity again; p99 is taken per 1-second window after the overload.
+
+Prints the figures and writes them as JSON; exits 1 when a check fails: an answer other than
+2xx, 503 or 429, a transport error, p99 of accepted requests over `--p99-factor` x normal
+during the overload, or p99 not back within `--recovery-s` after it (back = within
+`--normal-tolerance` x normal).
+
+    .venv/bin/python -m benchmarks.overload --overload-s 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.loadgen import (
+    TRANSPORT_ERROR,
+    Phase,
+    Results,
+    capacity,
+    run_load,
+    score_requests,
+)
+from benchmarks.serving import ROOT, SERVE_PYTHON, model_env, uvicorn_server
+
+MODEL_DIR = ROOT / "models" / "creditcard" / "1"
+API_KEY = "overload-key"
+ACCEPTED = (200,)
+SHED = (503, 429)
+
+
+def p99_ms(latencies: np.ndarray) -> float:
+    return float(np.percentile(latencies, 99) * 1e3) if len(latencies) else float("nan")
+
+
+def summarise(results: Results) -> dict[str, Any]:
+    rows = results.arrays()
+    waited = rows["done"] - rows["due"]
+    served = rows["done"] - rows["sent"]
+    bounds = results.phase_bounds()
+    summary: dict[str, Any] = {"connections_opened": results.connections_opened, "phases": {}}
+    abandoned = np.array(results.abandoned_at)
+    for name, (start, end) in bounds.items():
+        in_phase = (rows["due"] >= start) & (rows["due"] < end)
+        status = rows["status"][in_phase]
+        ok = in_phase & np.isin(rows["status"], ACCEPTED)
+        summary["phases"][name] = {
+            "due": int(in_phase.sum() + ((abandoned >= start) & (abandoned < end)).sum()),
+            "sent": int(in_phase.sum()),
+            "abandoned": int(((abandoned >= start) & (abandoned < end)).sum()),
+            "statuses": {str(s): int((status == s).sum()) for s in np.unique(status)},
+            "p50_ms": float(np.median(waited[ok]) * 1e3) if ok.any() else float("nan"),
+            "p99_ms": p99_ms(waited[ok]),
+            "p99_server_ms": p99_ms(served[ok]),
+            "answered_per_s": float(in_phase.sum() / (end - start)),
+            "accepted_per_s": float(ok.sum() / (end - start)),
+        }
+    if "recovery" in bounds:
+        start, end = bounds["recovery"]
+        by_second: dict[str, list[float]] = {"server": [], "caller": []}
+        for second in range(int(end - start)):
+            lo, hi = start + second, start + second + 1
+            ok = (rows["due"] >= lo) & (rows["due"] < hi) & np.isin(rows["status"], ACCEPTED)
+            by_second["server"].append(p99_ms(served[ok]))
+            by_second["caller"].append(p99_ms(waited[ok]))
+        summary["recovery_p99_ms_by_second"] = by_second
+    return summary
+
+
+def check(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    failures = []
+    phases = summary["phases"]
+    allowed = {str(s) for s in (*ACCEPTED, *SHED)}
+    for name, phase in phases.items():
+        bad = {s: n for s, n in phase["statuses"].items() if s not in allowed}
+        if bad:
+            failures.append(f"{name}: answers other than 200/503/429: {bad}")
+        errors = phase["statuses"].get(str(TRANSPORT_ERROR), 0)
+        if errors:
+            failures.append(f"{name}: {errors} requests failed without an answer")
+    normal = phases["normal"]["p99_server_ms"]
+    overload = phases["overload"]["p99_server_ms"]
+    if not overload <= args.p99_factor * normal:
+        failures.append(
+            f"overload p99 {overload:.2f} ms > {args.p99_factor} x normal {normal:.2f} ms"
+        )
+    by_second = summary["recovery_p99_ms_by_second"]["server"]
+    recovered = by_second[int(args.recovery_s) :]
+    limit = args.normal_tolerance * normal
+    if not recovered or max(recovered) > limit:
+        failures.append(
+            f"p99 not back under {limit:.2f} ms {args.recovery_s:.0f} s after the overload: "
+            f"{[round(v, 2) for v in by_second]}"
+        )
+    return failures
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--factor", type=float, default=3.0)
+    parser.add_argument("--overload-s", type=float, default=20.0)
+    parser.add_argument("--normal-s", type=float, default=5.0)
+    parser.add_argument("--recovery-total-s", type=float, default=6.0)
+    parser.add_argument("--recovery-s", type=float, default=2.0)
+    parser.add_argument("--p99-factor", type=float, default=5.0)
+    parser.add_argument("--normal-tolerance", type=float, default=2.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--client-timeout-s", type=float, default=0.5)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--env", action="append", default=[], help="extra FRAUD_X=value")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = model_env(MODEL_DIR) | {"FRAUD_API_KEYS": API_KEY}
+    env |= dict(item.split("=", 1) for item in args.env)
+    python = SERVE_PYTHON if SERVE_PYTHON.exists() else None
+    with uvicorn_server("server.app:create_app", env, python=python) as server:
+        requests = score_requests(MODEL_DIR, server.port, API_KEY)
+        rate = capacity("127.0.0.1", server.port, requests)
+        phases = [
+            # Opens the pool's connections and warms the server; not counted.
+            Phase("warm-up", rate / 2, 2.0),
+            Phase("normal", rate / 2, args.normal_s),
+            Phase("overload", rate * args.factor, args.overload_s),
+            Phase("recovery", rate / 2, args.recovery_total_s),
+        ]
+        results = run_load(
+            "127.0.0.1",
+            server.port,
+            requests,
+            phases,
+            max_connections=args.connections,
+            client_timeout_s=args.client_timeout_s,
+        )
+        server_log = server.log_text()
+    summary = {"capacity_per_s": rate, "factor": args.factor} | summarise(results)
+    failures = check(summary, args)
+    summary["failures"] = failures
+    print(json.dumps(summary, indent=2))
+    if "Traceback" in server_log:
+        failures.append("the server logged a traceback")
+        print(server_log[-3000:])
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for failure in failures:
+        print("FAIL:", failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

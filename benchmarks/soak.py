@@ -1,0 +1,181 @@
+"""Soak: hours of traffic in minutes, watching memory, errors and the log.
+
+Against a real uvicorn serving the shipped model on loopback, with the access log on:
+1. capacity: 200s per second from 32 connections with no pause (closed loop, 5 s);
+2. `--duration-s` of open-loop traffic at `--load` x capacity. One request in 50 is bad on
+   purpose (a wrong key, broken JSON, a missing feature) and must get its own 4xx;
+3. the server's resident memory (VmRSS) is read every second.
+
+Fails (exit 1) on any answer other than the expected one, a request with no answer, memory at
+the end more than `--max-growth` over what it was once warm (after `--warm-s`), a traceback in
+the log, or the log holding an API key or a feature value of any request.
+
+    make soak                                       # 10 minutes
+    .venv/bin/python -m benchmarks.soak --duration-s 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.loadgen import (
+    TRANSPORT_ERROR,
+    Phase,
+    capacity,
+    post_request,
+    run_load,
+    transaction_bodies,
+)
+from benchmarks.serving import ROOT, SERVE_PYTHON, model_env, uvicorn_server
+
+MODEL_DIR = ROOT / "models" / "creditcard" / "1"
+API_KEY = "soak-key-7f3a9c"
+WRONG_KEY = "soak-wrong-key-51d2e8"
+BAD_EVERY = 50
+
+
+def requests_with_expectations(port: int) -> tuple[list[bytes], list[int], list[str]]:
+    """Request bytes, the status each must get, and strings the log must never hold."""
+    bodies = transaction_bodies(MODEL_DIR)
+    secrets = [API_KEY, WRONG_KEY]
+    for body in bodies:
+        # Each body's feature values as the client wrote them: none may reach the log.
+        secrets += [repr(v) for v in json.loads(body)["features"].values() if abs(v) > 1e-3][:4]
+    missing = json.loads(bodies[1])
+    missing["features"].pop(next(iter(missing["features"])))
+    bad = [
+        (post_request("127.0.0.1", port, "/v1/score", bodies[0], WRONG_KEY), 403),
+        (post_request("127.0.0.1", port, "/v1/score", bodies[2][:-7], API_KEY), 400),
+        (post_request("127.0.0.1", port, "/v1/score", json.dumps(missing).encode(), API_KEY), 422),
+    ]
+    requests, expected = [], []
+    for i, body in enumerate(bodies * 3):
+        if i % BAD_EVERY == BAD_EVERY - 1:
+            request, status = bad[(i // BAD_EVERY) % len(bad)]
+            requests.append(request)
+            expected.append(status)
+        requests.append(post_request("127.0.0.1", port, "/v1/score", body, API_KEY))
+        expected.append(200)
+    return requests, expected, secrets
+
+
+class MemorySampler(threading.Thread):
+    """VmRSS of one process, once a second, as (seconds since start, bytes)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+        self.start_time = time.perf_counter()
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            self.samples.append((time.perf_counter() - self.start_time, self.rss()))
+
+
+def growth(samples: list[tuple[float, int]], warm_s: float) -> dict[str, float]:
+    times = np.array([t for t, _ in samples])
+    rss = np.array([r for _, r in samples], dtype=np.float64)
+    warm = float(rss[times >= warm_s][0])
+    end = float(rss[-1])
+    return {
+        "rss_warm_mb": warm / 2**20,
+        "rss_end_mb": end / 2**20,
+        "rss_max_mb": float(rss.max()) / 2**20,
+        "growth": (end - warm) / warm,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=600.0)
+    parser.add_argument("--load", type=float, default=0.7, help="share of capacity")
+    parser.add_argument("--warm-s", type=float, default=10.0)
+    parser.add_argument("--max-growth", type=float, default=0.10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = model_env(MODEL_DIR) | {"FRAUD_API_KEYS": API_KEY, "FRAUD_ACCESS_LOG": "true"}
+    python = SERVE_PYTHON if SERVE_PYTHON.exists() else None
+    with uvicorn_server("server.app:create_app", env, python=python) as server:
+        requests, expected, secrets = requests_with_expectations(server.port)
+        good = [r for r, e in zip(requests, expected, strict=True) if e == 200]
+        rate = capacity("127.0.0.1", server.port, good)
+        sampler = MemorySampler(server.process.pid)
+        sampler.start()
+        results = run_load(
+            "127.0.0.1",
+            server.port,
+            requests,
+            [Phase("soak", rate * args.load, args.duration_s)],
+            max_connections=args.connections,
+        )
+        sampler.stopped.set()
+        sampler.join()
+        log = server.log_text()
+    rows = results.arrays()
+    wanted = np.array(expected)[rows["payload"]]
+    served = rows["done"] - rows["sent"]
+    ok = rows["status"] == 200
+    summary: dict[str, Any] = {
+        "capacity_per_s": rate,
+        "rate_per_s": rate * args.load,
+        "duration_s": args.duration_s,
+        "requests": len(rows["status"]),
+        "bad_requests": int((wanted != 200).sum()),
+        "unexpected": int((rows["status"] != wanted).sum()),
+        "no_answer": int((rows["status"] == TRANSPORT_ERROR).sum()),
+        "abandoned": len(results.abandoned_at),
+        "p50_ms": float(np.median(served[ok]) * 1e3),
+        "p99_ms": float(np.percentile(served[ok], 99) * 1e3),
+        "log_lines": log.count("\n"),
+    } | growth(sampler.samples, args.warm_s)
+    failures = []
+    if summary["unexpected"] or summary["abandoned"]:
+        statuses = dict(
+            zip(
+                *np.unique(rows["status"][rows["status"] != wanted], return_counts=True),
+                strict=True,
+            )
+        )
+        failures.append(
+            f"{summary['unexpected']} unexpected answers {statuses}, "
+            f"{summary['abandoned']} never sent"
+        )
+    if not summary["growth"] < args.max_growth:
+        failures.append(f"memory grew {summary['growth']:.1%} (limit {args.max_growth:.0%})")
+    if "Traceback" in log:
+        failures.append("the server logged a traceback")
+    leaked = [s for s in secrets if s in log]
+    if leaked:
+        failures.append(f"the log holds a key or feature value: {leaked[:5]}")
+    summary["failures"] = failures
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for failure in failures:
+        print("FAIL:", failure)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
