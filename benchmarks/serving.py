@@ -20,6 +20,12 @@ SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop", "--http", "httptools")
 
 
+def shipped_model_dir(name: str = "creditcard") -> Path:
+    """The newest version of the model that ships in models/: what `make serve` serves."""
+    versions = [p for p in (ROOT / "models" / name).iterdir() if p.name.isdigit()]
+    return max(versions, key=lambda p: int(p.name))
+
+
 def model_env(model_dir: Path | str) -> dict[str, str]:
     """Settings that serve the repository holding `model_dir` (<repository>/<name>/<version>),
     and the same folder to the baselines, which load one model file."""

@@ -34,9 +34,9 @@ from benchmarks.loadgen import (
     run_load,
     transaction_bodies,
 )
-from benchmarks.serving import ROOT, SERVE_PYTHON, model_env, uvicorn_server
+from benchmarks.serving import SERVE_PYTHON, model_env, shipped_model_dir, uvicorn_server
 
-MODEL_DIR = ROOT / "models" / "creditcard" / "1"
+MODEL_DIR = shipped_model_dir()
 API_KEY = "soak-key-7f3a9c"
 WRONG_KEY = "soak-wrong-key-51d2e8"
 BAD_EVERY = 50
@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's figures, with "failures" listing every check that did not hold."""
     env = model_env(MODEL_DIR) | {"FRAUD_API_KEYS": API_KEY, "FRAUD_ACCESS_LOG": "true"}
     python = SERVE_PYTHON if SERVE_PYTHON.exists() else None
     with uvicorn_server("server.app:create_app", env, python=python) as server:
@@ -169,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     if leaked:
         failures.append(f"the log holds a key or feature value: {leaked[:5]}")
     summary["failures"] = failures
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = run(args)
+    failures = summary["failures"]
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
