@@ -29,7 +29,7 @@ serve: $(SERVE_VENV)/.installed
 	@echo "Try: curl -s -X POST http://$(HOST):$(PORT)/v1/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/transaction.json"
 	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
-		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http httptools
+		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol
 
 # The serving venv is built too: the end-to-end tests run uvicorn from it, which
 # proves the shipped model serves without TensorFlow installed.

@@ -1,8 +1,8 @@
 """Single-request latency of POST /v1/score against a real uvicorn server on loopback.
 
-Starts the server as `make serve` does (uvicorn, uvloop, httptools) on a free port, then
-sends requests one at a time over one keep-alive connection (concurrency 1), timing each
-from send to the last byte of the response. The same run times direct single-row
+Starts the server as `make serve` does (uvicorn, uvloop, the server's httptools protocol) on a
+free port, then sends requests one at a time over one keep-alive connection (concurrency 1),
+timing each from send to the last byte of the response. The same run times direct single-row
 onnxruntime calls on the same model, so HTTP overhead is a ratio of figures taken together.
 Bodies are 256 rows drawn, with a fixed seed, from normal distributions with the training
 mean and std in the model's ONNX metadata. Exits 1 if any answer is not 200 or its

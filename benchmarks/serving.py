@@ -17,7 +17,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 # The flags `make serve` and the Dockerfile use: every comparison runs on the same stack.
-UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop", "--http", "httptools")
+UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop")
+SERVER_FACTORY = "server.app:create_app"
+# The server runs with its own protocol class (a deadline per request against slow clients),
+# as `make serve` and the image run it; the baselines run uvicorn's own.
+SERVER_PROTOCOL = "server.protocol:DeadlineHttpToolsProtocol"
+
+
+def http_protocol(factory: str) -> str:
+    return SERVER_PROTOCOL if factory == SERVER_FACTORY else "httptools"
 
 
 def shipped_model_dir(name: str = "creditcard") -> Path:
@@ -103,6 +111,8 @@ def uvicorn_server(
         "--workers",
         str(workers),
         *UVICORN_FLAGS,
+        "--http",
+        http_protocol(factory),
     ]
     with tempfile.NamedTemporaryFile(prefix="uvicorn-", suffix=".log") as log:
         process = subprocess.Popen(

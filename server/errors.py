@@ -86,6 +86,13 @@ class RateLimited(ServingError):
     code = "rate_limited"
 
 
+class RequestTimeout(ServingError):
+    """The connection did not deliver a whole request in time (server/protocol.py)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class NotReady(ServingError):
     status_code = 503
     code = "not_ready"

@@ -99,7 +99,7 @@ def start_server(
                 "--loop",
                 "uvloop",
                 "--http",
-                "httptools",
+                "server.protocol:DeadlineHttpToolsProtocol",
                 *extra_args,
             ],
             cwd=ROOT,
