@@ -12,7 +12,8 @@ TRAIN_SEED ?= 3
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test browser data train export lint gate image-test bench bench-overhead bench-latency clean
+.PHONY: serve test browser data train export lint gate image-test bench bench-overhead bench-latency \
+	soak overload clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -84,6 +85,15 @@ image-test:
 bench-overhead: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.bench --targets server_no_metrics,server,server_access_log \
 		--concurrency 1,32 --duration 5 --rounds 6 --out-dir benchmarks/results/overhead
+
+# Ten minutes at 70 % of capacity with bad requests mixed in: memory, errors, the log
+# (make test runs one minute of it). Figures in benchmarks/results/soak.json.
+soak: $(VENV)/.installed $(SERVE_VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.soak --duration-s 600 --out benchmarks/results/soak.json
+
+# Three times capacity for 20 s, open loop, then recovery (make test runs the same).
+overload: $(VENV)/.installed $(SERVE_VENV)/.installed
+	$(VENV)/bin/python -m benchmarks.overload --overload-s 20 --out benchmarks/results/overload.json
 
 bench-latency: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m benchmarks.latency
