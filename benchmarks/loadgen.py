@@ -50,6 +50,7 @@ class Results:
     status: list[int] = field(default_factory=list)
     payload: list[int] = field(default_factory=list)  # index into the requests sent
     abandoned_at: list[float] = field(default_factory=list)  # due times, never sent
+    tick_lateness: list[float] = field(default_factory=list)
     connections_opened: int = 0
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -76,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.request: tuple[float, float, int] | None = None  # (due, sent, payload)
         self.closed = False
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -86,6 +88,9 @@ class _Connection(asyncio.Protocol):
         self.transport.write(self.generator.requests[payload])
 
     def data_received(self, data: bytes) -> None:
+        if self.request is None:  # nothing asked: the server is closing this connection
+            self.close()
+            return
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -120,12 +125,14 @@ class LoadGenerator:
         max_connections: int,
         client_timeout_s: float = 1.0,
         answer_timeout_s: float = 10.0,
+        max_idle_s: float = 2.0,
     ) -> None:
         self.host, self.port = host, port
         self.requests = list(requests)
         self.max_connections = max_connections
         self.client_timeout_s = client_timeout_s
         self.answer_timeout_s = answer_timeout_s
+        self.max_idle_s = max_idle_s
         self.idle: collections.deque[_Connection] = collections.deque()
         self.busy: set[_Connection] = set()
         self.opening = 0
@@ -157,6 +164,7 @@ class LoadGenerator:
         conn.request = None
         self.busy.discard(conn)
         if keep and not conn.closed:
+            conn.idle_since = self.now()
             self.idle.append(conn)
         else:
             conn.close()
@@ -183,6 +191,7 @@ class LoadGenerator:
             self.opening -= 1
         assert self.results is not None
         self.results.connections_opened += 1
+        conn.idle_since = self.now()
         self.idle.append(conn)
         self._dispatch()
 
@@ -205,7 +214,9 @@ class LoadGenerator:
             task.add_done_callback(self._openers.discard)
 
     def _expire(self) -> None:
-        """A request unanswered for answer_timeout_s is a failure; its connection is dropped."""
+        """A request unanswered for answer_timeout_s is a failure; its connection is dropped.
+        A connection idle for max_idle_s is closed before the server's keep-alive timeout
+        could close it under a request being sent."""
         now = self.now()
         for conn in list(self.busy):
             if conn.request is not None and conn.request[1] < now - self.answer_timeout_s:
@@ -213,23 +224,30 @@ class LoadGenerator:
                 conn.request = None
                 self.busy.discard(conn)
                 conn.close()
+        while self.idle and (
+            self.idle[0].closed or self.idle[0].idle_since < now - self.max_idle_s
+        ):
+            self.idle.popleft().close()
 
     async def run(self, phases: Sequence[Phase]) -> Results:
-        self.results = Results(list(phases))
+        results = self.results = Results(list(phases))
         self.start = time.perf_counter()
-        phase_start, scheduled = 0.0, 0
+        phase_start, expired = 0.0, 0.0
         for phase in phases:
             interval = 1.0 / phase.rate
             phase_end = phase_start + phase.duration_s
             due = phase_start
             while (now := self.now()) < phase_end:
+                # How long the oldest request not yet queued has been due: the
+                # generator's own delay (about a millisecond from its tick when idle).
+                results.tick_lateness.append(max(0.0, now - due))
                 while due <= now and due < phase_end:
                     self.waiting.append(due)
-                    scheduled += 1
                     due += interval
                 self._dispatch()
-                if scheduled % 64 == 0:
+                if now - expired >= 0.1:
                     self._expire()
+                    expired = now
                 # uvloop's timers count whole milliseconds: a shorter sleep would spin.
                 await asyncio.sleep(0.001)
             phase_start = phase_end
@@ -239,9 +257,15 @@ class LoadGenerator:
             self._dispatch()
             self._expire()
             await asyncio.sleep(0.005)
+        for task in self._openers:
+            task.cancel()
+        for conn in list(self.busy):  # unanswered by the deadline: failed
+            if conn.request is not None:
+                self._record(conn.request, TRANSPORT_ERROR)
+                conn.request = None
         for conn in [*self.idle, *self.busy]:
             conn.close()
-        return self.results
+        return results
 
 
 def post_request(host: str, port: int, path: str, body: bytes, api_key: str) -> bytes:
@@ -296,17 +320,22 @@ async def _closed_loop(
 
     async def worker(offset: int) -> None:
         nonlocal count
-        reader, writer = await asyncio.open_connection(host, port)
         i = offset
         while time.perf_counter() < stop:
-            writer.write(requests[i % len(requests)])
-            i += 1
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = CONTENT_LENGTH.search(head)
-            await reader.readexactly(int(length.group(1)) if length else 0)
-            if head[9:12] == b"200":
-                count += 1
-        writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                while time.perf_counter() < stop:
+                    writer.write(requests[i % len(requests)])
+                    i += 1
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = CONTENT_LENGTH.search(head)
+                    await reader.readexactly(int(length.group(1)) if length else 0)
+                    if head[9:12] == b"200":
+                        count += 1
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # closed by the server: open another
+            finally:
+                writer.close()
 
     await asyncio.gather(*(worker(i) for i in range(connections)))
     return count

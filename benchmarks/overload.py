@@ -4,14 +4,22 @@ Against a real uvicorn serving the shipped model on loopback:
 1. capacity: 200s per second from 32 connections with no pause (closed loop, 5 s);
 2. normal: open-loop at half of that (the reference p99);
 3. overload: open-loop at `--factor` x capacity for `--overload-s` seconds;
-4. recovery: half of capacity again; p99 is taken per 1-second window after the overload.
+4. recovery: half of capacity again.
+
+Callers reach the server through a pool of `--connections` keep-alive connections, one request
+in flight on each, as a payment platform's client does; a request that waits longer than
+`--client-timeout-s` for a free connection is given up by the caller and never reaches the
+server (counted as abandoned). Latency is reported from when a request was sent (what the
+server takes) and from when it was due (what the caller waits, its pool's queue included).
 
 Prints the figures and writes them as JSON; exits 1 when a check fails: an answer other than
-2xx, 503 or 429, a transport error, p99 of accepted requests over `--p99-factor` x normal
-during the overload, or p99 not back within `--recovery-s` after it (back = within
-`--normal-tolerance` x normal).
+2xx, 503 or 429, a request with no answer, p99 (from sending) of accepted requests during the
+overload over `--p99-factor` x the normal phase's, or p99 (from sending and from due) of the
+requests due `--recovery-s` after the overload or later over `--normal-tolerance` x normal
+(at least normal + `--normal-slack-ms`).
 
     .venv/bin/python -m benchmarks.overload --overload-s 20
+    .venv/bin/python -m benchmarks.overload --connections 256 --env FRAUD_MAX_QUEUE=32
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ from benchmarks.loadgen import (
 )
 from benchmarks.serving import SERVE_PYTHON, model_env, shipped_model_dir, uvicorn_server
 
-MODEL_DIR = shipped_model_dir()
 API_KEY = "overload-key"
 ACCEPTED = (200,)
 SHED = (503, 429)
@@ -44,12 +51,16 @@ def p99_ms(latencies: np.ndarray) -> float:
     return float(np.percentile(latencies, 99) * 1e3) if len(latencies) else float("nan")
 
 
-def summarise(results: Results) -> dict[str, Any]:
+def summarise(results: Results, recovery_s: float) -> dict[str, Any]:
     rows = results.arrays()
     waited = rows["done"] - rows["due"]
     served = rows["done"] - rows["sent"]
     bounds = results.phase_bounds()
-    summary: dict[str, Any] = {"connections_opened": results.connections_opened, "phases": {}}
+    summary: dict[str, Any] = {
+        "connections_opened": results.connections_opened,
+        "generator_lag_p99_ms": float(np.percentile(results.tick_lateness, 99) * 1e3),
+        "phases": {},
+    }
     abandoned = np.array(results.abandoned_at)
     for name, (start, end) in bounds.items():
         in_phase = (rows["due"] >= start) & (rows["due"] < end)
@@ -75,6 +86,9 @@ def summarise(results: Results) -> dict[str, Any]:
             by_second["server"].append(p99_ms(served[ok]))
             by_second["caller"].append(p99_ms(waited[ok]))
         summary["recovery_p99_ms_by_second"] = by_second
+        ok = (rows["due"] >= start + recovery_s) & np.isin(rows["status"], ACCEPTED)
+        summary["recovered_p99_server_ms"] = p99_ms(served[ok])
+        summary["recovered_p99_ms"] = p99_ms(waited[ok])
     return summary
 
 
@@ -95,14 +109,15 @@ def check(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
         failures.append(
             f"overload p99 {overload:.2f} ms > {args.p99_factor} x normal {normal:.2f} ms"
         )
-    by_second = summary["recovery_p99_ms_by_second"]["server"]
-    recovered = by_second[int(args.recovery_s) :]
-    limit = args.normal_tolerance * normal
-    if not recovered or max(recovered) > limit:
-        failures.append(
-            f"p99 not back under {limit:.2f} ms {args.recovery_s:.0f} s after the overload: "
-            f"{[round(v, 2) for v in by_second]}"
-        )
+    # A floor of a few milliseconds, so that one scheduler hiccup on a busy machine is not
+    # taken for a server that did not recover.
+    limit = max(args.normal_tolerance * normal, normal + args.normal_slack_ms)
+    for latency in ("recovered_p99_server_ms", "recovered_p99_ms"):
+        if not summary[latency] <= limit:
+            failures.append(
+                f"{latency} {summary[latency]:.2f} ms > {limit:.2f} ms, from "
+                f"{args.recovery_s:.0f} s after the overload"
+            )
     return failures
 
 
@@ -111,10 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--factor", type=float, default=3.0)
     parser.add_argument("--overload-s", type=float, default=20.0)
     parser.add_argument("--normal-s", type=float, default=5.0)
-    parser.add_argument("--recovery-total-s", type=float, default=6.0)
+    parser.add_argument("--recovery-total-s", type=float, default=8.0)
     parser.add_argument("--recovery-s", type=float, default=2.0)
     parser.add_argument("--p99-factor", type=float, default=5.0)
     parser.add_argument("--normal-tolerance", type=float, default=2.0)
+    parser.add_argument("--normal-slack-ms", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--client-timeout-s", type=float, default=0.5)
     parser.add_argument("--out", type=Path)
@@ -124,11 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The run's figures, with "failures" listing every check that did not hold."""
-    env = model_env(MODEL_DIR) | {"FRAUD_API_KEYS": API_KEY}
+    model_dir = shipped_model_dir()
+    env = model_env(model_dir) | {"FRAUD_API_KEYS": API_KEY}
     env |= dict(item.split("=", 1) for item in args.env)
     python = SERVE_PYTHON if SERVE_PYTHON.exists() else None
     with uvicorn_server("server.app:create_app", env, python=python) as server:
-        requests = score_requests(MODEL_DIR, server.port, API_KEY)
+        requests = score_requests(model_dir, server.port, API_KEY)
         rate = capacity("127.0.0.1", server.port, requests)
         phases = [
             # Opens the pool's connections and warms the server; not counted.
@@ -146,7 +163,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             client_timeout_s=args.client_timeout_s,
         )
         server_log = server.log_text()
-    summary = {"capacity_per_s": rate, "factor": args.factor} | summarise(results)
+    summary = {
+        "capacity_per_s": rate,
+        "factor": args.factor,
+        "connections": args.connections,
+        "settings": args.env,
+    } | summarise(results, args.recovery_s)
     failures = check(summary, args)
     if "Traceback" in server_log:
         failures.append("the server logged a traceback")

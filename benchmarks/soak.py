@@ -36,25 +36,39 @@ from benchmarks.loadgen import (
 )
 from benchmarks.serving import SERVE_PYTHON, model_env, shipped_model_dir, uvicorn_server
 
-MODEL_DIR = shipped_model_dir()
 API_KEY = "soak-key-7f3a9c"
 WRONG_KEY = "soak-wrong-key-51d2e8"
 BAD_EVERY = 50
+# Planted in requests, good and bad: values no log line could hold by chance.
+SENTINEL_AMOUNT = 4817.2963
+SENTINEL_TEXT = "sentinel-7c91f2"
 
 
-def requests_with_expectations(port: int) -> tuple[list[bytes], list[int], list[str]]:
+def requests_with_expectations(
+    model_dir: Path, port: int
+) -> tuple[list[bytes], list[int], list[str]]:
     """Request bytes, the status each must get, and strings the log must never hold."""
-    bodies = transaction_bodies(MODEL_DIR)
-    secrets = [API_KEY, WRONG_KEY]
-    for body in bodies:
+    bodies = transaction_bodies(model_dir)
+    secrets = [API_KEY, WRONG_KEY, SENTINEL_TEXT, "4817.29", "4817,29"]
+    for i, body in enumerate(bodies):
+        features = json.loads(body)["features"]
         # Each body's feature values as the client wrote them: none may reach the log.
-        secrets += [repr(v) for v in json.loads(body)["features"].values() if abs(v) > 1e-3][:4]
-    missing = json.loads(bodies[1])
-    missing["features"].pop(next(iter(missing["features"])))
+        secrets += [repr(v) for v in features.values() if abs(v) > 1e-3 and len(repr(v)) >= 8]
+        if i % 8 == 0:
+            bodies[i] = json.dumps({"features": features | {"Amount": SENTINEL_AMOUNT}}).encode()
+
+    def post(body: bytes | str, key: str = API_KEY) -> bytes:
+        data = body if isinstance(body, bytes) else body.encode()
+        return post_request("127.0.0.1", port, "/v1/score", data, key)
+
+    first = json.loads(bodies[0])["features"]
+    missing = dict(list(first.items())[1:])
+    text = first | {"Amount": SENTINEL_TEXT}
     bad = [
-        (post_request("127.0.0.1", port, "/v1/score", bodies[0], WRONG_KEY), 403),
-        (post_request("127.0.0.1", port, "/v1/score", bodies[2][:-7], API_KEY), 400),
-        (post_request("127.0.0.1", port, "/v1/score", json.dumps(missing).encode(), API_KEY), 422),
+        (post(bodies[0], WRONG_KEY), 403),
+        (post(bodies[2][:-7]), 400),
+        (post(json.dumps({"features": missing})), 422),
+        (post(json.dumps({"features": text})), 422),
     ]
     requests, expected = [], []
     for i, body in enumerate(bodies * 3):
@@ -88,16 +102,22 @@ class MemorySampler(threading.Thread):
             self.samples.append((time.perf_counter() - self.start_time, self.rss()))
 
 
-def growth(samples: list[tuple[float, int]], warm_s: float) -> dict[str, float]:
+def growth(samples: list[tuple[float, int]], warm_s: float, rate: float) -> dict[str, float]:
+    """End against warm, and the trend after warm-up: a slow leak shows in the slope
+    (bytes per request) before it shows in two samples."""
     times = np.array([t for t, _ in samples])
     rss = np.array([r for _, r in samples], dtype=np.float64)
-    warm = float(rss[times >= warm_s][0])
+    after = times >= warm_s
+    warm = float(rss[after][0])
     end = float(rss[-1])
+    slope = float(np.polyfit(times[after], rss[after], 1)[0]) if after.sum() > 2 else 0.0
     return {
         "rss_warm_mb": warm / 2**20,
         "rss_end_mb": end / 2**20,
         "rss_max_mb": float(rss.max()) / 2**20,
         "growth": (end - warm) / warm,
+        "rss_trend_bytes_per_request": slope / rate,
+        "rss_trend_growth_per_hour": slope * 3600 / warm,
     }
 
 
@@ -114,10 +134,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The run's figures, with "failures" listing every check that did not hold."""
-    env = model_env(MODEL_DIR) | {"FRAUD_API_KEYS": API_KEY, "FRAUD_ACCESS_LOG": "true"}
     python = SERVE_PYTHON if SERVE_PYTHON.exists() else None
+    model_dir = shipped_model_dir()
+    env = model_env(model_dir) | {"FRAUD_API_KEYS": API_KEY, "FRAUD_ACCESS_LOG": "true"}
     with uvicorn_server("server.app:create_app", env, python=python) as server:
-        requests, expected, secrets = requests_with_expectations(server.port)
+        requests, expected, secrets = requests_with_expectations(model_dir, server.port)
         good = [r for r, e in zip(requests, expected, strict=True) if e == 200]
         rate = capacity("127.0.0.1", server.port, good)
         sampler = MemorySampler(server.process.pid)
@@ -148,7 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": float(np.median(served[ok]) * 1e3),
         "p99_ms": float(np.percentile(served[ok], 99) * 1e3),
         "log_lines": log.count("\n"),
-    } | growth(sampler.samples, args.warm_s)
+        "generator_lag_p99_ms": float(np.percentile(results.tick_lateness, 99) * 1e3),
+    } | growth(sampler.samples, args.warm_s, rate * args.load)
     failures = []
     if summary["unexpected"] or summary["abandoned"]:
         statuses = dict(

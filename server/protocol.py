@@ -4,8 +4,10 @@ uvicorn times out a keep-alive connection only while it sends nothing at all: a 
 opens a connection and never writes, or writes a request a byte at a time (slowloris), or
 stops halfway through a body, holds a connection, a descriptor and, for a body, a request in
 hand for as long as it likes. Here each connection has `--timeout-keep-alive` seconds, from
-when it opens or from its previous answer, to deliver a whole request, head and body; if it
-has not, it gets 408 (when no answer has started) and is closed.
+when it opens or from its previous answer, to deliver a whole request, head and body. If it
+has sent part of one, it gets 408 and is closed; if it has sent nothing, it is closed without
+a word (uvicorn's own keep-alive timer, of the same length, usually gets there first), since
+a client may be sending a request at that very moment and would take a 408 for its answer.
 
 Chosen on the command line, in place of `--http httptools`:
 
@@ -37,9 +39,11 @@ REQUEST_TIMEOUT = timeout_answer()
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
+    _heard = False  # bytes arrived since the connection opened or was last answered
 
     def _arm(self) -> None:
         self._disarm()
+        self._heard = False
         self._deadline = self.loop.call_later(self.timeout_keep_alive, self._expired)
 
     def _disarm(self) -> None:
@@ -47,11 +51,17 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
 
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
     def _expired(self) -> None:
+        # Armed only while a request is awaited, so a request in hand here is one whose
+        # body has not all arrived; its app is waiting for the rest.
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        started = self._answering() and self.cycle.response_started
+        if self._heard and not started:
             self.transport.write(REQUEST_TIMEOUT)
         self.transport.close()
 
@@ -59,14 +69,23 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        self._heard = True
+        super().data_received(data)
+
     def on_message_complete(self) -> None:
-        self._disarm()
+        # A body that ends after its request was answered (say a 403 sent before the body
+        # came) starts nothing: the clock set at that answer keeps running.
+        if self._answering():
+            self._disarm()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        waiting = len(self.pipeline)
         super().on_response_complete()
-        # A pipelined request already arrived whole; the clock starts after its answer.
-        if not self.transport.is_closing() and not self.pipeline:
+        # A pipelined request that arrived whole is now being answered: the clock starts
+        # after its answer, not during it.
+        if not self.transport.is_closing() and len(self.pipeline) == waiting:
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
