@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -354,3 +355,13 @@ def capacity(
 
     answered = uvloop.run(_closed_loop(host, port, requests, connections, duration_s))
     return answered / duration_s
+
+
+def report(summary: dict[str, Any], out: Path | None) -> int:
+    """Print a run's figures (and write them to `out`); 1 if any check failed."""
+    print(json.dumps(summary, indent=2))
+    if out:
+        out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for failure in summary["failures"]:
+        print("FAIL:", failure)
+    return 1 if summary["failures"] else 0

@@ -25,7 +25,6 @@ requests due `--recovery-s` after the overload or later over `--normal-tolerance
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from benchmarks.loadgen import (
     Phase,
     Results,
     capacity,
+    report,
     run_load,
     score_requests,
 )
@@ -178,14 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = run(args)
-    failures = summary["failures"]
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    for failure in failures:
-        print("FAIL:", failure)
-    return 1 if failures else 0
+    return report(run(args), args.out)
 
 
 if __name__ == "__main__":

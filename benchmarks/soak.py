@@ -31,6 +31,7 @@ from benchmarks.loadgen import (
     Phase,
     capacity,
     post_request,
+    report,
     run_load,
     transaction_bodies,
 )
@@ -196,14 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = run(args)
-    failures = summary["failures"]
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    for failure in failures:
-        print("FAIL:", failure)
-    return 1 if failures else 0
+    return report(run(args), args.out)
 
 
 if __name__ == "__main__":
