@@ -17,6 +17,7 @@ TUNABLE = (
     "conv_filters",
     "lstm_units",
     "dense_units",
+    "wide_units",
     "class_weight_power",
     "review_recall",
     "verbose",

@@ -1,4 +1,5 @@
-"""The hybrid LSTM-CNN: features read as a short sequence, convolved, then summarised by an LSTM."""
+"""The hybrid LSTM-CNN: features read as a short sequence, convolved, then summarised by an
+LSTM, beside a wide branch that sees every feature directly."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def build_model(n_features: int, config: TrainConfig) -> keras.Model:
     x = keras.layers.MaxPooling1D(pool_size=2, padding="same")(x)
     # The default (non-unrolled) LSTM converts to a single ONNX LSTM op.
     x = keras.layers.LSTM(config.lstm_units)(x)
+    if config.wide_units:
+        wide = keras.layers.Dense(config.wide_units, activation="relu", name="wide")(inputs)
+        x = keras.layers.Concatenate()([x, wide])
     x = keras.layers.Dense(config.dense_units, activation="relu")(x)
     x = keras.layers.Dropout(config.dropout)(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="fraud_probability")(x)
