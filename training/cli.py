@@ -18,6 +18,7 @@ TUNABLE = (
     "lstm_units",
     "dense_units",
     "wide_units",
+    "members",
     "class_weight_power",
     "review_recall",
     "verbose",

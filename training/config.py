@@ -35,6 +35,9 @@ class TrainConfig:
     # before the head. The sequence path alone reads each feature through a 3-wide window and
     # misses plain per-feature thresholds, which is what trees find on this data. 0 = off.
     wide_units: int = 32
+    # Members trained alike from seeds seed, seed + 1000, ...; the saved (and exported) model
+    # averages their probabilities in one graph. Each member costs its own single-row latency.
+    members: int = 1
     dropout: float = 0.2
     # Fraud class weight = (negatives / positives) ** power: 1 is fully balanced,
     # 0 is unweighted. Fully balanced over-weights a 0.17 % class and costs precision.
@@ -65,6 +68,7 @@ class TrainConfig:
             "kernel_size",
             "lstm_units",
             "dense_units",
+            "members",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -30,3 +30,16 @@ def test_without_the_wide_branch_the_sequence_path_alone_remains() -> None:
 def test_wide_units_cannot_be_negative() -> None:
     with pytest.raises(ValueError, match="wide_units"):
         TrainConfig(out_dir="unused", wide_units=-1)
+
+
+def test_members_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="members"):
+        TrainConfig(out_dir="unused", members=0)
+
+
+def test_one_member_is_the_model_itself() -> None:
+    from training.model import average_members
+
+    config = TrainConfig(out_dir="unused")
+    member = build_model(10, config)
+    assert average_members([member], 10) is member
