@@ -133,3 +133,16 @@ def test_baselines_learn_from_the_fitted_rows(train: object) -> None:
         latency_calls=20,
     )
     assert result.figures["roc_auc"] > 0.8
+
+
+def test_interleaved_latency_times_both_models() -> None:
+    from training.compare import interleaved_latency_us
+
+    calls = {"a": 0, "b": 0}
+
+    def counting(name: str) -> object:
+        return lambda rows: calls.__setitem__(name, calls[name] + 1)
+
+    first, second = interleaved_latency_us(counting("a"), counting("b"), np.zeros((4, 2)), rounds=2)
+    assert first > 0 and second > 0
+    assert calls["a"] == calls["b"] > 0
