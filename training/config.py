@@ -37,11 +37,12 @@ class TrainConfig:
     wide_units: int = 32
     # Members trained alike from seeds seed, seed + 1000, ...; the saved (and exported) model
     # averages their probabilities in one graph. Each member costs its own single-row latency.
-    members: int = 1
+    members: int = 2
     dropout: float = 0.2
     # Fraud class weight = (negatives / positives) ** power: 1 is fully balanced,
-    # 0 is unweighted. Fully balanced over-weights a 0.17 % class and costs precision.
-    class_weight_power: float = 0.5
+    # 0 is unweighted. Fully balanced over-weights a 0.17 % class and costs precision;
+    # on the credit-card data 0.25 (a weight of about 4.7) edged out 0.5 on validation.
+    class_weight_power: float = 0.25
     # REVIEW threshold: the highest one that still catches this share of
     # validation fraud. DECLINE threshold: the best F1 on validation.
     review_recall: float = 0.8
