@@ -6,9 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_REPOSITORY ?= models
 RUN_DIR ?= runs/creditcard
-# The shipped model's seed: of seeds 1, 2, 3, 4 and 42 it had the best validation
+# The shipped model's seed: of seeds 1, 2 and 3 (make evaluate) it had the best validation
 # average precision (the test period played no part in the choice).
-TRAIN_SEED ?= 3
+TRAIN_SEED ?= 2
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
