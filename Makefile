@@ -6,14 +6,14 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_REPOSITORY ?= models
 RUN_DIR ?= runs/creditcard
-# The shipped model's seed: of seeds 1, 2, 3, 4 and 42 it had the best validation
+# The shipped model's seed: of seeds 1, 2 and 3 (make evaluate) it had the best validation
 # average precision (the test period played no part in the choice).
-TRAIN_SEED ?= 3
+TRAIN_SEED ?= 2
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test browser data train export lint gate image-test bench bench-overhead bench-latency \
-	soak overload clean
+.PHONY: serve test browser data train export evaluate lint gate image-test bench bench-overhead \
+	bench-latency soak overload clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -58,6 +58,16 @@ train: $(VENV)/.installed data
 # Writes the next version; `make export EXPORT_FLAGS="--version 1 --force"` rewrites one.
 export: $(VENV)/.installed
 	$(VENV)/bin/python -m export --run $(RUN_DIR) --out models $(EXPORT_FLAGS)
+
+# Side by side on the time split: the LSTM-CNN trained with each of EVAL_SEEDS (into
+# runs/evaluate, reused when already there), XGBoost and logistic regression on the same rows,
+# and the shipped model re-scored from its ONNX file. Prints the table and writes it into the
+# model card (evaluation.md, evaluation.json) and the README.
+EVAL_SEEDS ?= 1 2 3
+SHIPPED_MODEL ?= models/creditcard/2
+evaluate: $(VENV)/.installed data
+	$(VENV)/bin/python -m training.compare --csv data/creditcard.csv --seeds $(EVAL_SEEDS) \
+		--runs runs/evaluate --model-dir $(SHIPPED_MODEL) --readme README.md $(EVAL_FLAGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -41,6 +41,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             patience=1,
             verbose=0,
             model_name="tiny",
+            members=1,  # one member keeps it seconds; test_export covers the ensemble
         )
     )
     return out

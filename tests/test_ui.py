@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 
-SHIPPED = ROOT / "models" / "creditcard" / "1"
+SHIPPED = ROOT / "models" / "creditcard" / "2"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -85,7 +85,7 @@ def test_a_shipped_fraud_sample_is_declined(
     connect(browser, shipped_server, TEST_API_KEY)
     wait = WebDriverWait(browser, WAIT_S)
     wait.until(lambda d: d.find_element(By.ID, "sample").is_enabled())
-    assert browser.find_element(By.ID, "model").text == "creditcard version 1"
+    assert browser.find_element(By.ID, "model").text == "creditcard version 2"
     # The form follows the model: one field per feature, in model order.
     names = [
         i.get_attribute("name") for i in browser.find_elements(By.CSS_SELECTOR, "#features input")
@@ -96,7 +96,7 @@ def test_a_shipped_fraud_sample_is_declined(
     wait.until(ready.text_to_be_present_in_element((By.ID, "decision"), "DECLINE"))
     probability = float(browser.find_element(By.ID, "probability").text)
     assert probability >= 0.9
-    assert browser.find_element(By.ID, "version").text == "1"
+    assert browser.find_element(By.ID, "version").text == "2"
     assert browser.find_element(By.ID, "rtt").text.endswith(" ms")
     assert browser.find_element(By.ID, "error").is_displayed() is False
     # The live panel polls /v1/stats every 2 s and shows the traffic it saw.

@@ -17,6 +17,8 @@ TUNABLE = (
     "conv_filters",
     "lstm_units",
     "dense_units",
+    "wide_units",
+    "members",
     "class_weight_power",
     "review_recall",
     "verbose",

@@ -31,10 +31,18 @@ class TrainConfig:
     kernel_size: int = 3
     lstm_units: int = 32
     dense_units: int = 32
+    # A wide branch: one Dense layer on the scaled features, joined to the LSTM's summary
+    # before the head. The sequence path alone reads each feature through a 3-wide window and
+    # misses plain per-feature thresholds, which is what trees find on this data. 0 = off.
+    wide_units: int = 32
+    # Members trained alike from seeds seed, seed + 1000, ...; the saved (and exported) model
+    # averages their probabilities in one graph. Each member costs its own single-row latency.
+    members: int = 2
     dropout: float = 0.2
     # Fraud class weight = (negatives / positives) ** power: 1 is fully balanced,
-    # 0 is unweighted. Fully balanced over-weights a 0.17 % class and costs precision.
-    class_weight_power: float = 0.5
+    # 0 is unweighted. Fully balanced over-weights a 0.17 % class and costs precision;
+    # on the credit-card data 0.25 (a weight of about 4.7) edged out 0.5 on validation.
+    class_weight_power: float = 0.25
     # REVIEW threshold: the highest one that still catches this share of
     # validation fraud. DECLINE threshold: the best F1 on validation.
     review_recall: float = 0.8
@@ -48,6 +56,8 @@ class TrainConfig:
         for name in ("test_fraction", "validation_fraction", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if self.wide_units < 0:
+            raise ValueError("wide_units must be at least 0")
         if not 0.0 < self.review_recall <= 1.0:
             raise ValueError("review_recall must be in (0, 1]")
         for name in (
@@ -59,6 +69,7 @@ class TrainConfig:
             "kernel_size",
             "lstm_units",
             "dense_units",
+            "members",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

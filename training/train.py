@@ -19,6 +19,9 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 TEST_ROWS_FILE = "test_rows.npz"
+# Member i of an ensemble trains from seed + i * this: far apart, so that the members of
+# runs with neighbouring seeds never coincide.
+MEMBER_SEED_STRIDE = 1000
 
 
 def set_determinism(seed: int) -> None:
@@ -51,7 +54,7 @@ def run(config: TrainConfig) -> dict[str, object]:
     import keras
 
     from training.evaluation import choose_thresholds, evaluate
-    from training.model import build_model
+    from training.model import average_members, build_model
     from training.plots import save_curves
     from training.preprocessing import Preprocessing
 
@@ -94,24 +97,32 @@ def run(config: TrainConfig) -> dict[str, object]:
     negatives = len(split.fit) - positives
     class_weight = {0: 1.0, 1: float((negatives / positives) ** config.class_weight_power)}
 
-    model = build_model(len(data.feature_names), config)
-    model.fit(
-        x_fit,
-        split.fit.labels,
-        validation_data=(x_val, split.validation.labels),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        class_weight=class_weight,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_pr_auc",
-                mode="max",
-                patience=config.patience,
-                restore_best_weights=True,
-            )
-        ],
-        verbose=config.verbose,
-    )
+    members = []
+    for index in range(config.members):
+        # Each member from its own seed; the first keeps the run's seed, so one member
+        # reproduces the single model of the same config.
+        keras.utils.set_random_seed(config.seed + index * MEMBER_SEED_STRIDE)
+        name = "lstm_cnn" if config.members == 1 else f"lstm_cnn_{index}"
+        member = build_model(len(data.feature_names), config, name=name)
+        member.fit(
+            x_fit,
+            split.fit.labels,
+            validation_data=(x_val, split.validation.labels),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            class_weight=class_weight,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_pr_auc",
+                    mode="max",
+                    patience=config.patience,
+                    restore_best_weights=True,
+                )
+            ],
+            verbose=config.verbose,
+        )
+        members.append(member)
+    model = average_members(members, len(data.feature_names))
     model.save(out / MODEL_FILE)
 
     val_scores = model.predict(x_val, batch_size=4096, verbose=0).ravel()

@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from training.config import TrainConfig
-from training.model import build_model
+from training.model import average_members, build_model
 from training.preprocessing import Preprocessing
 
 logger = logging.getLogger("uvicorn.error")
@@ -44,12 +44,15 @@ def random_model(model_dir: Path, meta: dict[str, str]) -> tuple[keras.Model, Pr
     mean = tuple(json.loads(meta["feature_mean"]))
     std = tuple(json.loads(meta["feature_std"]))
     preprocessing = Preprocessing(names, (False,) * len(names), mean, std, mean, std)
-    return build_model(len(names), config), preprocessing
+    members = [
+        build_model(len(names), config, name=f"lstm_cnn_{index}") for index in range(config.members)
+    ]
+    return average_members(members, len(names)), preprocessing
 
 
 def create_app() -> FastAPI:
     run_dir = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"))
-    model_dir = Path(os.environ.get("BENCH_MODEL_DIR", "models/creditcard/1"))
+    model_dir = Path(os.environ.get("BENCH_MODEL_DIR", "models/creditcard/2"))
     meta = ort.InferenceSession(str(model_dir / "model.onnx")).get_modelmeta().custom_metadata_map
     thresholds = json.loads(meta["thresholds"])
     if (run_dir / "model.keras").is_file():

@@ -186,3 +186,41 @@ def test_score_reference_cuts_at_quantiles_and_collapses_ties() -> None:
     assert reference["count"] == 1000
     with pytest.raises(ValueError, match="finite"):
         build_score_reference(np.asarray([0.1, np.nan]))
+
+
+def test_an_ensemble_exports_as_one_graph_with_parity(tmp_path: Path) -> None:
+    """Two members averaged inside one graph: two LSTM ops, one input, parity at 1, 7, 64."""
+    import keras
+
+    from export.cli import export_run
+    from training.config import TrainConfig
+    from training.train import run
+
+    out = tmp_path / "run"
+    run(
+        TrainConfig(
+            out_dir=str(out),
+            synthetic_rows=4000,
+            epochs=1,
+            batch_size=256,
+            patience=1,
+            verbose=0,
+            model_name="pair",
+            members=2,
+        )
+    )
+    model = keras.saving.load_model(out / "model.keras")
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert [m.name for m in members] == ["lstm_cnn_0", "lstm_cnn_1"]
+    rows = Preprocessing.load(out / "preprocessing.json").transform(
+        np.load(out / "test_rows.npz")["features"][:50]
+    )
+    mean = np.mean([m.predict(rows, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(model.predict(rows, verbose=0), mean, atol=1e-7)
+
+    target = export_run(out, tmp_path / "models", version="1")
+    proto = onnx.load(target / MODEL_FILE)
+    assert [node.op_type for node in proto.graph.node].count("LSTM") == 2
+    manifest = json.loads((target / MANIFEST_FILE).read_text())
+    assert set(manifest["parity_max_abs_diff"]) == {"1", "7", "64"}
+    assert max(manifest["parity_max_abs_diff"].values()) <= PARITY_TOLERANCE

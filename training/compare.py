@@ -1,0 +1,346 @@
+"""The LSTM-CNN side by side with XGBoost and logistic regression on the same time split.
+
+    python -m training.compare --csv data/creditcard.csv --model-dir models/creditcard/2
+
+Every model is trained on the same fitted rows for each seed, its thresholds are chosen on
+validation, and it is measured once on the test period. The LSTM-CNN's runs are trained into
+--runs (or reused when a run with the same configuration is already there); the shipped model
+is re-scored from its ONNX file. The table goes to stdout, to evaluation.md and evaluation.json
+in the model's folder, and between the markers in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from training.config import TrainConfig
+from training.evaluation import choose_thresholds, evaluate
+
+EVALUATION_MD = "evaluation.md"
+EVALUATION_JSON = "evaluation.json"
+README_BEGIN = "<!-- evaluation:begin -->"
+README_END = "<!-- evaluation:end -->"
+LSTM_CNN = "LSTM-CNN"
+LATENCY_CALLS = 3000
+LATENCY_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Result:
+    """One model trained with one seed, measured on the test period."""
+
+    model: str
+    seed: int
+    validation_ap: float
+    test: dict[str, object]  # training.evaluation.evaluate() of the test rows
+    latency_us: float
+
+    @property
+    def figures(self) -> dict[str, float]:
+        at = self.test["at_thresholds"]
+        assert isinstance(at, dict)
+        return {
+            "roc_auc": float(self.test["roc_auc"]),  # type: ignore[arg-type]
+            "average_precision": float(self.test["average_precision"]),  # type: ignore[arg-type]
+            "review_recall": at["review"]["recall"],
+            "review_precision": at["review"]["precision"],
+            "decline_recall": at["decline"]["recall"],
+            "decline_precision": at["decline"]["precision"],
+            "latency_us": self.latency_us,
+        }
+
+
+COLUMNS = {
+    "roc_auc": "ROC-AUC",
+    "average_precision": "average precision",
+    "review_recall": "REVIEW recall",
+    "review_precision": "REVIEW precision",
+    "decline_recall": "DECLINE recall",
+    "decline_precision": "DECLINE precision",
+    "latency_us": "1-row latency (µs)",
+}
+
+
+def measure(
+    model: str,
+    seed: int,
+    predict: Callable[[np.ndarray], np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    review_recall: float,
+    timed: Callable[[np.ndarray], object] | None = None,
+    latency_calls: int = LATENCY_CALLS,
+) -> Result:
+    """Thresholds from validation scores, figures from test scores, latency of single rows
+    through `timed` (default: `predict` itself)."""
+    val_scores = predict(validation[0])
+    thresholds = choose_thresholds(validation[1], val_scores, review_recall)
+    return Result(
+        model=model,
+        seed=seed,
+        validation_ap=float(average_precision_score(validation[1], val_scores)),
+        test=evaluate(test[1], predict(test[0]), thresholds),
+        latency_us=single_row_latency_us(timed or predict, test[0][:LATENCY_ROWS], latency_calls),
+    )
+
+
+def single_row_latency_us(
+    predict: Callable[[np.ndarray], object], rows: np.ndarray, calls: int = LATENCY_CALLS
+) -> float:
+    """Median wall time of one call on one row, cycling through `rows`."""
+    feeds = [row[None, :] for row in np.asarray(rows, dtype=np.float32)]
+    for feed in feeds[:50]:  # warm caches and lazy initialisation
+        predict(feed)
+    times = np.empty(calls, dtype=np.int64)
+    for i in range(calls):
+        feed = feeds[i % len(feeds)]
+        start = time.perf_counter_ns()
+        predict(feed)
+        times[i] = time.perf_counter_ns() - start
+    return float(np.median(times)) / 1000.0
+
+
+def interleaved_latency_us(
+    first: Callable[[np.ndarray], object],
+    second: Callable[[np.ndarray], object],
+    rows: np.ndarray,
+    rounds: int = 6,
+) -> tuple[float, float]:
+    """Both models' single-row latency, timed in alternating rounds so that a busy spell on a
+    shared machine falls on both alike; the median of the rounds' medians."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for predict, out in zip((first, second), times, strict=True):
+            out.append(single_row_latency_us(predict, rows, LATENCY_CALLS // 3))
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def spread(values: Sequence[float], digits: int) -> str:
+    """'mean ± sd (min to max)', or the value alone for a single one."""
+    if len(values) == 1 or max(values) == min(values):
+        return f"{values[0]:.{digits}f}"
+    return (
+        f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} "
+        f"({min(values):.{digits}f} to {max(values):.{digits}f})"
+    )
+
+
+def _digits(column: str) -> int:
+    return 1 if column == "latency_us" else 4 if column in ("roc_auc", "average_precision") else 3
+
+
+def summary_table(results: Sequence[Result], shipped: Result | None = None) -> str:
+    """One row per model, mean ± sd (min to max) over its seeds; the shipped model first."""
+    models = list(dict.fromkeys(r.model for r in results))
+    lines = [
+        "| model | seeds | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    if shipped is not None:
+        cells = [f"{shipped.figures[c]:.{_digits(c)}f}" for c in COLUMNS]
+        lines.append(f"| **{shipped.model}** | {shipped.seed} | " + " | ".join(cells) + " |")
+    for model in models:
+        mine = [r for r in results if r.model == model]
+        cells = [spread([r.figures[c] for r in mine], _digits(c)) for c in COLUMNS]
+        seeds = ", ".join(str(r.seed) for r in mine)
+        lines.append(f"| {model} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_table(results: Sequence[Result]) -> str:
+    """Every run: validation AP (what choices are made on) beside the test figures."""
+    lines = [
+        "| model | seed | validation AP | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for r in results:
+        cells = [f"{r.figures[c]:.{_digits(c)}f}" for c in COLUMNS]
+        lines.append(
+            f"| {r.model} | {r.seed} | {r.validation_ap:.4f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report(results: Sequence[Result], shipped: Result | None, test_rows: int, frauds: int) -> str:
+    intro = (
+        f"Test period: the latest 20 % of transactions by time ({test_rows:,} rows, {frauds} "
+        "frauds). Each model is fitted on the earliest 64 % and its REVIEW and DECLINE "
+        "thresholds are chosen on the 16 % between; the cells read mean ± sd (min to max) over "
+        "seeds. Latency is the median of single-row calls on one thread: onnxruntime for the "
+        "LSTM-CNN, the library's own predict for the others.\n"
+    )
+    return intro + "\n" + summary_table(results, shipped) + "\n" + seed_table(results)
+
+
+def replace_between_markers(
+    text: str, body: str, begin: str = README_BEGIN, end: str = README_END
+) -> str:
+    """`text` with everything between the two marker lines replaced by `body`."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"markers {begin} ... {end} not found in order")
+    return text[: start + len(begin)] + "\n" + body.rstrip("\n") + "\n" + text[stop:]
+
+
+def write_outputs(
+    report_md: str,
+    results: Sequence[Result],
+    shipped: Result | None,
+    model_dir: Path | None,
+    readme: Path | None,
+) -> None:
+    if model_dir is not None:
+        (model_dir / EVALUATION_MD).write_text("# Evaluation\n\n" + report_md)
+        payload = {
+            "shipped": None if shipped is None else shipped.__dict__,
+            "runs": [r.__dict__ for r in results],
+        }
+        (model_dir / EVALUATION_JSON).write_text(
+            json.dumps(payload, indent=2, sort_keys=True) + "\n"
+        )
+    if readme is not None:
+        readme.write_text(replace_between_markers(readme.read_text(), report_md))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.compare", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--csv", dest="csv_path", required=True, help="path to creditcard.csv")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--runs", type=Path, default=Path("runs/evaluate"), help="LSTM-CNN runs")
+    parser.add_argument(
+        "--model-dir", type=Path, required=True, help="the shipped model, re-scored from ONNX"
+    )
+    parser.add_argument("--readme", type=Path, help="README with the evaluation markers")
+    parser.add_argument(
+        "--reference-onnx", type=Path, help="another model.onnx whose latency to set beside"
+    )
+    return parser.parse_args(argv)
+
+
+def lstm_cnn_run(config: TrainConfig) -> Path:
+    """A trained run of `config`, reused when its folder already holds one of the same config."""
+    from training.train import CONFIG_FILE, MODEL_FILE, run
+
+    out = Path(config.out_dir)
+    saved = out / CONFIG_FILE
+    if not (
+        (out / MODEL_FILE).exists()
+        and saved.exists()
+        and json.loads(saved.read_text()) == config.to_dict()
+    ):
+        run(config)
+    return out
+
+
+def keras_predict(run_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A run's scores for raw rows: its preprocessing, then its Keras model, which export
+    converts with parity to 1e-5."""
+    import keras
+
+    from training.preprocessing import Preprocessing
+    from training.train import MODEL_FILE, PREPROCESSING_FILE
+
+    prep = Preprocessing.load(run_dir / PREPROCESSING_FILE)
+    model = keras.saving.load_model(run_dir / MODEL_FILE)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(prep.transform(rows), batch_size=4096, verbose=0)).ravel()
+
+    return predict
+
+
+def onnx_predict(model_file: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Scores from an ONNX file through onnxruntime, on one thread as the server runs it."""
+    import onnx
+    import onnxruntime as ort
+
+    meta = {p.key: p.value for p in onnx.load(model_file).metadata_props}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    outputs, input_name = [meta["output_name"]], meta["input_name"]
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.float32)
+        return np.concatenate(
+            [
+                session.run(outputs, {input_name: rows[i : i + 4096]})[0].ravel()
+                for i in range(0, len(rows), 4096)
+            ]
+        )
+
+    return predict
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from training.baselines import TRAINERS
+    from training.creditcard import load_creditcard
+    from training.datasets import time_split
+
+    card = json.loads((args.model_dir / "config.json").read_text())
+    shipped_config = TrainConfig(**{**card, "csv_path": args.csv_path, "verbose": 0})
+    data = load_creditcard(args.csv_path)
+    split = time_split(data, shipped_config.test_fraction, shipped_config.validation_fraction)
+    validation = (split.validation.features, split.validation.labels)
+    test = (split.test.features, split.test.labels)
+    review_recall = shipped_config.review_recall
+    shipped_onnx = onnx_predict(args.model_dir / "model.onnx")
+
+    results: list[Result] = []
+    for seed in args.seeds:
+        # The shipped configuration with another seed. Every seed's graph has the shipped
+        # one's shape, so the shipped ONNX file is what is timed.
+        config = dataclasses.replace(
+            shipped_config, seed=seed, out_dir=str(args.runs / f"seed-{seed}")
+        )
+        predict = keras_predict(lstm_cnn_run(config))
+        results.append(
+            measure(LSTM_CNN, seed, predict, validation, test, review_recall, timed=shipped_onnx)
+        )
+        print(f"{LSTM_CNN} seed {seed}: done", flush=True)
+    for name, train in TRAINERS.items():
+        for seed in args.seeds:
+            baseline = train(split.fit, seed)
+            results.append(measure(name, seed, baseline.predict, validation, test, review_recall))
+            print(f"{name} seed {seed}: done", flush=True)
+    shipped = measure(
+        f"{LSTM_CNN} shipped (version {args.model_dir.name})",
+        shipped_config.seed,
+        shipped_onnx,
+        validation,
+        test,
+        review_recall,
+    )
+    text = report(results, shipped, len(split.test), int(split.test.labels.sum()))
+    if args.reference_onnx is not None:
+        ours, theirs = interleaved_latency_us(
+            shipped_onnx, onnx_predict(args.reference_onnx), test[0][:LATENCY_ROWS]
+        )
+        text += (
+            f"\nSingle-row onnxruntime latency, the two timed in alternating rounds of one run: "
+            f"{ours:.1f} µs for the shipped model, {theirs:.1f} µs for version "
+            f"{args.reference_onnx.parent.name} ({ours / theirs:.2f} times).\n"
+        )
+    print(text)
+    write_outputs(text, results, shipped, args.model_dir, args.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
