@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 import time
@@ -47,14 +48,15 @@ SENTINEL_TEXT = "sentinel-7c91f2"
 
 def requests_with_expectations(
     model_dir: Path, port: int
-) -> tuple[list[bytes], list[int], list[str]]:
-    """Request bytes, the status each must get, and strings the log must never hold."""
+) -> tuple[list[bytes], list[int], tuple[list[str], list[str]]]:
+    """Request bytes, the status each must get, and what the log must never hold: strings,
+    and feature values as the client wrote them."""
     bodies = transaction_bodies(model_dir)
     secrets = [API_KEY, WRONG_KEY, SENTINEL_TEXT, "4817.29", "4817,29"]
+    values = [repr(SENTINEL_AMOUNT)]
     for i, body in enumerate(bodies):
         features = json.loads(body)["features"]
-        # Each body's feature values as the client wrote them: none may reach the log.
-        secrets += [repr(v) for v in features.values() if abs(v) > 1e-3 and len(repr(v)) >= 8]
+        values += [repr(v) for v in features.values() if abs(v) > 1e-3 and len(repr(v)) >= 8]
         if i % 8 == 0:
             bodies[i] = json.dumps({"features": features | {"Amount": SENTINEL_AMOUNT}}).encode()
 
@@ -79,7 +81,15 @@ def requests_with_expectations(
             expected.append(status)
         requests.append(post_request("127.0.0.1", port, "/v1/score", body, API_KEY))
         expected.append(200)
-    return requests, expected, secrets
+    return requests, expected, (secrets, values)
+
+
+def leaks(log: str, secrets: list[str], values: list[str]) -> list[str]:
+    """The secrets (searched as substrings) and feature values (as whole tokens) in the log.
+    The log's tokens go into a set once: a substring search per value through ten minutes
+    of access log would take minutes."""
+    tokens = set(re.findall(r'[^\s",:{}\[\]=]+', log))
+    return [s for s in secrets if s in log] + [v for v in values if v in tokens]
 
 
 class MemorySampler(threading.Thread):
@@ -188,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         failures.append(f"memory grew {summary['growth']:.1%} (limit {args.max_growth:.0%})")
     if "Traceback" in log:
         failures.append("the server logged a traceback")
-    leaked = [s for s in secrets if s in log]
+    leaked = leaks(log, *secrets)
     if leaked:
         failures.append(f"the log holds a key or feature value: {leaked[:5]}")
     summary["failures"] = failures
