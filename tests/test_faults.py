@@ -131,7 +131,8 @@ def test_a_broken_model_file_under_a_served_version_keeps_serving_from_memory(
     tmp_path: Path,
 ) -> None:
     shipped = shipped_model_dir()
-    served = tmp_path / "models" / "creditcard" / "1"
+    version = shipped.name  # the artifact's own version must match its folder
+    served = tmp_path / "models" / "creditcard" / version
     shutil.copytree(shipped, served)
     sample = json.loads((shipped / "samples.json").read_text())
     body = {
@@ -159,10 +160,10 @@ def test_a_broken_model_file_under_a_served_version_keeps_serving_from_memory(
             load = admin.post("/v2/repository/models/creditcard/load")
             if step == "folder removed":  # nothing on disk to refuse: nothing loaded
                 assert load.status_code == 200 and load.json()["loaded"] == [], load.text
-                assert load.json()["versions"] == ["1"]
+                assert load.json()["versions"] == [version]
             else:
                 assert load.status_code == 400, (step, load.status_code, load.text)
-                assert "version 1" in load.text or '"1"' in load.text, load.text
+                assert f"version {version}" in load.text or f'"{version}"' in load.text, load.text
             assert admin.get("/v2/models/creditcard/ready").status_code == 200, step
         # Put back, the version is served from disk again.
         shutil.copytree(shipped, served)
@@ -172,9 +173,9 @@ def test_a_broken_model_file_under_a_served_version_keeps_serving_from_memory(
         scorer.join()
         admin.close()
         stop_server(server)
-    assert set(scorer.answers) == {(200, "1")}, scorer.answers
+    assert set(scorer.answers) == {(200, version)}, scorer.answers
     text = log.read_text()
-    assert "refused model creditcard version 1" in text
+    assert f"refused model creditcard version {version}" in text
     assert "the loaded copy keeps serving" in text
     assert "no servable version of model creditcard" in text
     assert "Traceback" not in text
