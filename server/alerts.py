@@ -86,6 +86,7 @@ class _Alert:
     decision: str
     model_version: str
     offered_at: float  # seconds since the epoch
+    model: str = ""
 
 
 def encode_alert(alert: _Alert, slack: bool) -> bytes:
@@ -97,6 +98,7 @@ def encode_alert(alert: _Alert, slack: bool) -> bytes:
                 "transaction_id": alert.transaction_id,
                 "fraud_probability": alert.probability,
                 "decision": alert.decision,
+                "model": alert.model,
                 "model_version": alert.model_version,
                 "time": when,
             }
@@ -104,7 +106,8 @@ def encode_alert(alert: _Alert, slack: bool) -> bytes:
     transaction = "(no id)" if alert.transaction_id is None else _slack_escape(alert.transaction_id)
     text = (
         f"{alert.decision}: transaction {transaction} scored {alert.probability:.4f}"
-        f" (model {_slack_escape(alert.model_version)}) at {when}"
+        f" (model {_slack_escape(alert.model)} version {_slack_escape(alert.model_version)})"
+        f" at {when}"
     )
     return orjson.dumps({"text": text})
 
@@ -346,7 +349,12 @@ class AlertSender:
             channel.thread.start()
 
     def offer(
-        self, transaction_id: str | None, probability: float, decision: str, model_version: str
+        self,
+        transaction_id: str | None,
+        probability: float,
+        decision: str,
+        model_version: str,
+        model: str = "",
     ) -> bool:
         """Queue an alert for every URL if the decision calls for one; never blocks or raises.
 
@@ -358,7 +366,12 @@ class AlertSender:
             return False
         try:
             alert = _Alert(
-                transaction_id, float(probability), decision, str(model_version), self._clock()
+                transaction_id,
+                float(probability),
+                decision,
+                str(model_version),
+                self._clock(),
+                str(model),
             )
         except Exception:  # scoring goes on whatever the caller or the clock hand us
             if not self._warned_bad_offer:

@@ -12,7 +12,7 @@ import functools
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -45,7 +45,7 @@ from server.metrics import (
 from server.middleware import RequestContext, route_path
 from server.openapi import openapi_document
 from server.ratelimit import RateLimiter
-from server.repository import ModelRepository, Snapshot, resolve_model_name
+from server.repository import ModelRepository, Snapshot, resolve_models
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
@@ -140,39 +140,43 @@ def make_service(
     )
 
 
-def open_repository(
+def open_repositories(
     settings: Settings, state: ServerState, metrics: Metrics | None, alerts: AlertSender | None
-) -> ModelRepository:
+) -> dict[str, ModelRepository]:
+    """One repository per served model, each with its own versions, polling and reload."""
     root = settings.model_repository
-    return ModelRepository(
-        root,
-        resolve_model_name(root, settings.model_name),
-        functools.partial(OnnxScorer.load, intra_op_threads=settings.intra_op_threads),
-        functools.partial(make_service, settings=settings, metrics=metrics, alerts=alerts),
-        state.publish,
-        settings.max_versions,
+    names, state.default_model = resolve_models(
+        root, settings.listed_models, settings.default_model
     )
+    load = functools.partial(OnnxScorer.load, intra_op_threads=settings.intra_op_threads)
+    service = functools.partial(make_service, settings=settings, metrics=metrics, alerts=alerts)
+    return {
+        name: ModelRepository(root, name, load, service, state.publish, settings.max_versions)
+        for name in names
+    }
 
 
 def serving_gauges(state: ServerState) -> GaugeSource:
     """What the served versions look like now, read at scrape time."""
 
     def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
-        snapshot = state.snapshot
-        services = snapshot.services if snapshot is not None else {}
-        default = snapshot.latest.info.version if snapshot is not None else None
+        snapshots = state.snapshots.values()
         return {
             "fraud_queue_depth": (
                 "Requests waiting for the model.",
-                (),
-                {(): float(sum(s.runner.queue_depth() for s in services.values()))},
+                ("model",),
+                {
+                    (snap.name,): float(sum(s.runner.queue_depth() for s in snap.services.values()))
+                    for snap in snapshots
+                },
             ),
             "fraud_model_info": (
                 "Served model versions (value 1); default marks the one used when unpinned.",
                 ("name", "version", "sha256", "default"),
                 {
-                    (s.info.name, v, s.info.sha256, str(v == default).lower()): 1.0
-                    for v, s in services.items()
+                    (s.info.name, v, s.info.sha256, str(s is snap.latest).lower()): 1.0
+                    for snap in snapshots
+                    for v, s in snap.services.items()
                 },
             ),
             "fraud_draining": (
@@ -185,11 +189,11 @@ def serving_gauges(state: ServerState) -> GaugeSource:
     return collect
 
 
-def drift_of(state: ServerState) -> Callable[[str], ScoreDrift | None]:
-    """A served version's drift window, by version."""
+def drift_of(state: ServerState) -> Callable[[str, str], ScoreDrift | None]:
+    """A served version's drift window, by model and version."""
 
-    def find(version: str) -> ScoreDrift | None:
-        snapshot = state.snapshot
+    def find(model: str, version: str) -> ScoreDrift | None:
+        snapshot = state.snapshots.get(model)
         service = snapshot.services.get(version) if snapshot is not None else None
         return service.drift if service is not None else None
 
@@ -199,12 +203,11 @@ def drift_of(state: ServerState) -> Callable[[str], ScoreDrift | None]:
 def drift_windows(state: ServerState) -> DriftSource:
     """Each served version's window of scores, per bin, beside its reference."""
 
-    def collect() -> dict[str, DriftWindow]:
-        snapshot = state.snapshot
-        services = snapshot.services if snapshot is not None else {}
+    def collect() -> dict[tuple[str, str], DriftWindow]:
         return {
-            version: DriftWindow(s.drift.counts(), s.drift.proportions, s.drift.min_count)
-            for version, s in services.items()
+            (name, version): DriftWindow(s.drift.counts(), s.drift.proportions, s.drift.min_count)
+            for name, snapshot in state.snapshots.items()
+            for version, s in snapshot.services.items()
             if s.drift is not None
         }
 
@@ -232,22 +235,32 @@ def alert_counters(alerts: AlertSender) -> GaugeSource:
 
 def repository_counters(state: ServerState) -> GaugeSource:
     def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
-        repository = state.repository
-        if repository is None:
+        if not state.repositories:
             return {}
+        counts: dict[Labels, float] = {}
+        for name, repository in state.repositories.items():
+            counts[(name, "ok")] = repository.loads_ok
+            counts[(name, "refused")] = repository.loads_refused
         return {
             "fraud_model_loads": (
                 "Model version loads: ok, or refused by verification.",
-                ("result",),
-                {("ok",): repository.loads_ok, ("refused",): repository.loads_refused},
+                ("model", "result"),
+                counts,
             )
         }
 
     return collect
 
 
-def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -> ServingApp:
-    """The server for `settings`; a given `scorer` is served alone, with no repository."""
+def create_app(
+    settings: Settings | None = None,
+    scorer: Scorer | None = None,
+    scorers: Sequence[Scorer] = (),
+) -> ServingApp:
+    """The server for `settings`. A given `scorer` (or several `scorers`, one per model
+    name) is served alone, with no repository; the default model is then
+    FRAUD_DEFAULT_MODEL or the first one."""
+    given = [scorer] if scorer is not None else list(scorers)
     settings = settings if settings is not None else Settings.from_env()
     keys = settings.resolved_api_keys()
     admin_keys = settings.resolved_admin_keys()
@@ -289,22 +302,26 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         tasks: list[asyncio.Task[None]] = []
         if alerts is not None:
             alerts.start()
-        if scorer is not None:
-            service = make_service(scorer, settings, metrics, alerts)
-            service.runner.start()
-            state.publish(Snapshot(scorer.info.name, {scorer.info.version: service}))
+        if given:
+            state.default_model = settings.default_model or given[0].info.name
+            for one in given:
+                service = make_service(one, settings, metrics, alerts)
+                service.runner.start()
+                state.publish(Snapshot(one.info.name, {one.info.version: service}))
         else:
-            repository = state.repository = open_repository(settings, state, metrics, alerts)
-            result = await repository.refresh()
-            if state.snapshot is None:
-                # Nothing servable: stop start-up rather than run a server that is never ready.
-                reasons = "".join(f"; version {v}: {r}" for v, r in result.refused.items())
-                raise SettingsError(
-                    f"no servable version of model {repository.name!r}"
-                    f" in {repository.model_root}{reasons}"
-                )
-            if settings.poll_interval_s > 0:
-                tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
+            state.repositories = open_repositories(settings, state, metrics, alerts)
+            for repository in state.repositories.values():
+                result = await repository.refresh()
+                if repository.name not in state.snapshots:
+                    # Nothing servable: stop start-up rather than run a server never ready.
+                    reasons = "".join(f"; version {v}: {r}" for v, r in result.refused.items())
+                    raise SettingsError(
+                        f"no servable version of model {repository.name!r}"
+                        f" in {repository.model_root}{reasons}"
+                    )
+                if settings.poll_interval_s > 0:
+                    watch = repository.watch(settings.poll_interval_s)
+                    tasks.append(asyncio.create_task(watch))
         if metrics is not None:
             tasks.append(asyncio.create_task(metrics.keep_flushing()))
             metrics.drift_of = drift_of(state)
@@ -322,10 +339,10 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if state.repository is not None:
-            await state.repository.close()
-        snapshot, state.snapshot = state.snapshot, None
-        if snapshot is not None:
+        for repository in state.repositories.values():
+            await repository.close()
+        snapshots, state.snapshots = state.snapshots, {}
+        for snapshot in snapshots.values():
             for service in snapshot.services.values():
                 service.runner.close()
         if alerts is not None:
@@ -341,7 +358,11 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         info = service.info
         return JSONResponse(
             openapi_document(
-                info.feature_names, service.max_batch_items, info.input_name, info.output_name
+                info.feature_names,
+                service.max_batch_items,
+                info.input_name,
+                info.output_name,
+                several_models=len(state.snapshots) > 1,
             )
         )
 
@@ -356,7 +377,9 @@ def create_app(settings: Settings | None = None, scorer: Scorer | None = None) -
         Route("/v1/health/ready", endpoints.ready, methods=["GET"]),
         Route("/v1/model", endpoints.model, methods=["GET"]),
         Route("/v1/models", endpoints.models, methods=["GET"]),
+        Route("/v1/models/{name}", endpoints.model, methods=["GET"]),
         Route("/v1/model/samples", endpoints.samples, methods=["GET"]),
+        Route("/v1/models/{name}/samples", endpoints.samples, methods=["GET"]),
         Route("/v1/stats", endpoints.stats, methods=["GET"]),
         # The browser page: static files, off the scoring path.
         Mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui"),

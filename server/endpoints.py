@@ -56,12 +56,26 @@ class JSONResponse(Response):
 
 
 class ServerState:
-    """What the lifespan fills in; endpoints answer 503 until a snapshot is published."""
+    """What the lifespan fills in; endpoints answer 503 until a snapshot is published.
+
+    One snapshot per model. Publishing replaces the whole mapping in one assignment, so a
+    reload of one model swaps only its entry and never disturbs a request on another.
+    """
 
     def __init__(self) -> None:
-        self.snapshot: Snapshot | None = None
-        self.repository: ModelRepository | None = None
+        self.snapshots: dict[str, Snapshot] = {}
+        self.repositories: dict[str, ModelRepository] = {}
+        self.default_model: str | None = None  # answers the routes that name no model
         self.draining = False  # SIGTERM received: readiness says no, scoring goes on
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The default model's versions."""
+        return self.snapshots.get(self.default_model) if self.default_model else None
+
+    @property
+    def repository(self) -> ModelRepository | None:
+        return self.repositories.get(self.default_model) if self.default_model else None
 
     def start_draining(self) -> None:
         self.draining = True
@@ -70,23 +84,34 @@ class ServerState:
         return self.draining
 
     def ready_for_traffic(self) -> ScoringService:
-        """For the readiness routes: 503 before the model is loaded and while draining."""
+        """For the readiness routes: 503 before every model is loaded and while draining."""
         if self.draining:
             raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+        for name in self.repositories:
+            self.ready_snapshot(name)
         return self.ready_service()
 
     def publish(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
+        self.snapshots = {**self.snapshots, snapshot.name: snapshot}
 
-    def ready_snapshot(self) -> Snapshot:
-        if self.snapshot is None:
-            raise NotReady("the model is not loaded yet", headers={"Retry-After": "1"})
-        return self.snapshot
+    def ready_snapshot(self, model: str | None = None) -> Snapshot:
+        """The versions of `model` (None: the default model): 404 for a model that is not
+        served, 503 for one that is still loading."""
+        snapshot = self.snapshots.get(model or self.default_model or "")
+        if snapshot is not None:
+            return snapshot
+        if model is not None and model not in self.repositories:
+            raise NotFound(f"unknown model {model!r} (serving: {', '.join(self.snapshots)})")
+        raise NotReady("the model is not loaded yet", headers={"Retry-After": "1"})
 
-    def ready_service(self, version: str | None = None) -> ScoringService:
+    def ready_service(self, version: str | None = None, model: str | None = None) -> ScoringService:
         """The newest version, or the one asked for (404 if it is not served)."""
-        snapshot = self.ready_snapshot()
+        snapshot = self.ready_snapshot(model)
         return snapshot.latest if version is None else snapshot.get(version)
+
+    def served_model(self, name: str) -> str:
+        """`name` when that model is served, else "": a metrics label clients cannot grow."""
+        return name if name in self.snapshots else ""
 
 
 async def read_body(declared: bytes | None, receive: Receive, limit: int) -> bytes:
@@ -147,10 +172,33 @@ def requested_version(query: bytes) -> str | None:
     return pairs[0][1]
 
 
+NAMED_PREFIX = "/v1/models/"
+# The named scoring routes, by the path's ending: (route label, is a batch).
+NAMED_ENDINGS = (
+    ("/score/batch", "/v1/models/{name}/score/batch"),
+    ("/score", "/v1/models/{name}/score"),
+)
+
+
+def named_route(path: str) -> tuple[str, str] | None:
+    """(route label, model name) for /v1/models/{name}/score[/batch], else None. Matched by
+    hand, so that the named routes take the same path as /v1/score (no router)."""
+    if not path.startswith(NAMED_PREFIX):
+        return None
+    rest = path[len(NAMED_PREFIX) :]
+    for ending, label in NAMED_ENDINGS:
+        if rest.endswith(ending):
+            name = rest[: -len(ending)]
+            if name and "/" not in name:
+                return label, name
+    return None
+
+
 class ScoringRoutes:
-    """POST /v1/score and /v1/score/batch, ahead of everything else; other requests go on
-    to `context`, the request layer around the Starlette app. The scoring routes do that
-    layer's work themselves (request id, counts, access log, Connection: close)."""
+    """POST /v1/score, /v1/score/batch and their named forms /v1/models/{name}/score[/batch],
+    ahead of everything else; other requests go on to `context`, the request layer around
+    the Starlette app. The scoring routes do that layer's work themselves (request id,
+    counts, access log, Connection: close)."""
 
     def __init__(
         self,
@@ -165,23 +213,25 @@ class ScoringRoutes:
         self.state = state
         self.guard = guard
         self.metrics = context.metrics
-        self.logs = (
-            {path: context.metrics.scoring_log(path) for path in ("/v1/score", "/v1/score/batch")}
-            if context.metrics is not None
-            else {}
-        )
         self.limiter = limiter
         self.routes: dict[str, tuple[int, Score]] = {
             "/v1/score": (max_body_bytes, ScoringService.score),
             "/v1/score/batch": (max_batch_body_bytes, ScoringService.score_batch),
         }
+        self.routes["/v1/models/{name}/score"] = self.routes["/v1/score"]
+        self.routes["/v1/models/{name}/score/batch"] = self.routes["/v1/score/batch"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope) if scope["type"] == "http" else ""
         route = self.routes.get(path)
+        model: str | None = None  # None: the default model
         if route is None:
-            await self.context(scope, receive, send)
-            return
+            named = named_route(path) if scope["type"] == "http" else None
+            if named is None:
+                await self.context(scope, receive, send)
+                return
+            path, model = named
+            route = self.routes[path]
         started = perf_counter()
         limit, score = route
         # ASGI servers give lower-case names. Reversed, so that a repeated header keeps
@@ -197,7 +247,7 @@ class ScoringRoutes:
         stamps = [started, NAN, NAN, NAN, NAN] if self.metrics is not None else None
         try:
             try:
-                result = await self.answer(scope, receive, headers, limit, score, stamps)
+                result = await self.answer(scope, receive, headers, limit, score, stamps, model)
             except ServingError as error:
                 status = error.status_code
                 if status == 429 and self.metrics is not None:
@@ -217,10 +267,11 @@ class ScoringRoutes:
             logs.request_id.reset(token)
             if stamps is not None or self.context.access_log:
                 finished = perf_counter()
-                if stamps is not None:
+                if stamps is not None and self.metrics is not None:
                     # Counted and timed in bulk, once a second (Metrics._flush_scoring).
                     stamps[FINISHED] = finished
-                    log = self.logs[path]
+                    label = self.state.served_model(model or self.state.default_model or "")
+                    log = self.metrics.scoring_log(path, label)
                     log.times.extend(stamps)
                     log.statuses.append(status)
                 if self.context.access_log:
@@ -234,6 +285,7 @@ class ScoringRoutes:
         limit: int,
         score: Score,
         stamps: list[float] | None,
+        model: str | None = None,
     ) -> Any:
         if scope["method"] != "POST":
             raise MethodNotAllowed(
@@ -247,12 +299,12 @@ class ScoringRoutes:
             # Without auth the key is whatever a client sends: one shared bucket then.
             self.limiter.take(key or "" if self.guard.enabled else "")
         version = requested_version(scope["query_string"])
-        self.state.ready_snapshot()
+        self.state.ready_snapshot(model)  # 404 or 503 before reading a body meant for nobody
         require_json(headers.get(b"content-type"))
         body = await read_body(headers.get(b"content-length"), receive, limit)
         # The version is looked up only now, after the last await before the model
         # queue: a request never lands on a version that was swapped out meanwhile.
-        service = self.state.ready_service(version)
+        service = self.state.ready_service(version, model)
         if stamps is not None:
             stamps[BODY_READ] = perf_counter()
         return await score(service, parse_json(body), stamps)
@@ -276,26 +328,33 @@ class Endpoints:
         )
 
     async def model(self, request: Request) -> Response:
-        """The newest version, or `?version=N`."""
+        """The default model's newest version, or `?version=N`; under /v1/models/{name},
+        that model's."""
         self.guard.check(request.headers.get(HEADER))
         version = requested_version(request.scope["query_string"])
-        return JSONResponse(self.state.ready_service(version).describe())
+        model = request.path_params.get("name")
+        return JSONResponse(self.state.ready_service(version, model).describe())
 
     async def models(self, request: Request) -> Response:
-        """Every version served, newest (the default) first."""
+        """Every model served, the default first, each with its versions, newest first."""
         self.guard.check(request.headers.get(HEADER))
-        snapshot = self.state.ready_snapshot()
-        repository = self.state.repository
+        default = self.state.ready_snapshot()
+        snapshots = [default, *(s for s in self.state.snapshots.values() if s is not default)]
         return JSONResponse(
-            {
-                "default_version": snapshot.latest.info.version,
-                "models": [service.describe() for service in snapshot.services.values()],
-                "loads": {
-                    "ok": repository.loads_ok if repository else len(snapshot.services),
-                    "refused": repository.loads_refused if repository else 0,
-                },
-            }
+            {"default_model": default.name, "models": [self._listing(s) for s in snapshots]}
         )
+
+    def _listing(self, snapshot: Snapshot) -> dict[str, Any]:
+        repository = self.state.repositories.get(snapshot.name)
+        return {
+            "name": snapshot.name,
+            "default_version": snapshot.latest.info.version,
+            "versions": [service.describe() for service in snapshot.services.values()],
+            "loads": {
+                "ok": repository.loads_ok if repository else len(snapshot.services),
+                "refused": repository.loads_refused if repository else 0,
+            },
+        }
 
     async def stats(self, request: Request) -> Response:
         """The last minute of scoring traffic, for the browser page's live panel."""
@@ -305,15 +364,18 @@ class Endpoints:
         return JSONResponse({"recent": self.metrics.recent_traffic()})
 
     async def samples(self, request: Request) -> Response:
-        """Real test-period rows shipped beside the default version (samples.json)."""
+        """Real test-period rows shipped beside the newest version (samples.json) of the
+        default model, or of the model named in the path."""
         self.guard.check(request.headers.get(HEADER))
-        snapshot = self.state.ready_snapshot()
-        repository = self.state.repository
+        snapshot = self.state.ready_snapshot(request.path_params.get("name"))
+        repository = self.state.repositories.get(snapshot.name)
         if repository is None:
             raise NotFound("this server has no model repository")
         folder = repository.model_root / snapshot.latest.info.version
         try:
             samples = orjson.loads((folder / SAMPLES_FILE).read_bytes())
         except (OSError, ValueError):
-            raise NotFound(f"version {snapshot.latest.info.version} ships no samples") from None
+            raise NotFound(
+                f"model {snapshot.name!r} version {snapshot.latest.info.version} ships no samples"
+            ) from None
         return JSONResponse(samples)

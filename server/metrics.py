@@ -84,8 +84,10 @@ class DriftWindow(NamedTuple):
     min_count: int
 
 
-# Collected at scrape time: model version -> its drift window.
-DriftSource = Callable[[], dict[str, DriftWindow]]
+# Collected at scrape time: (model, version) -> its drift window.
+DriftSource = Callable[[], dict[tuple[str, str], DriftWindow]]
+# What drift_of finds a served version's window by: (model, version).
+DriftLookup = Callable[[str, str], ScoreDrift | None]
 
 
 # A scoring request's times (perf_counter), in ScoringLog.times order; NaN if not reached.
@@ -140,21 +142,22 @@ class Metrics:
     """Every tally the server keeps. Touched only on the event loop."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = {}  # (route, status)
-        # The scoring routes' requests, per route: five times and a status each, counted
-        # in bulk. Raw arrays, not tuples: a second's worth of live Python containers
-        # would make the garbage collector's passes longer and more frequent.
-        self.scoring: dict[str, ScoringLog] = {}
-        # Probabilities returned, per model version, binned in bulk into `probability` and
-        # into the version's drift window, which `drift_of` finds.
-        self.scores: dict[str, list[np.ndarray]] = {}
-        self.drift_of: Callable[[str], ScoreDrift | None] = lambda version: None
-        self.durations: dict[str, Histogram] = {}  # route -> total seconds
+        # (route, model, status); model is "" on routes that address no model.
+        self.requests: dict[tuple[str, str, int], int] = {}
+        # The scoring routes' requests, per (route, model): five times and a status each,
+        # counted in bulk. Raw arrays, not tuples: a second's worth of live Python
+        # containers would make the garbage collector's passes longer and more frequent.
+        self.scoring: dict[tuple[str, str], ScoringLog] = {}
+        # Probabilities returned, per (model, version), binned in bulk into the model's
+        # `probability` histogram and into the version's drift window, which `drift_of` finds.
+        self.scores: dict[tuple[str, str], list[np.ndarray]] = {}
+        self.drift_of: DriftLookup = lambda model, version: None
+        self.durations: dict[tuple[str, str], Histogram] = {}  # (route, model) -> seconds
         self.stages = {stage: Histogram(SECONDS) for stage in STAGES}
         self.batch_rows = Histogram(ROWS)
-        self.probability = Histogram(PROBABILITY)
-        self.decisions: dict[str, int] = {}
-        self.out_of_distribution = 0
+        self.probability: dict[str, Histogram] = {}  # model -> probabilities returned
+        self.decisions: dict[tuple[str, str], int] = {}  # (model, decision)
+        self.out_of_distribution: dict[str, int] = {}  # model -> flagged rows
         self.shed = 0
         self.rate_limited = 0
         self.gauge_sources: list[GaugeSource] = []
@@ -164,24 +167,36 @@ class Metrics:
         self.recent: deque[tuple[float, float, int, float, float]] = deque(maxlen=RECENT_POINTS)
         self._last_flush = time.time()
 
-    def scoring_log(self, route: str) -> ScoringLog:
-        return self.scoring.setdefault(route, ScoringLog())
+    def scoring_log(self, route: str, model: str = "") -> ScoringLog:
+        log = self.scoring.get((route, model))
+        if log is None:
+            log = self.scoring[(route, model)] = ScoringLog()
+        return log
 
-    def score_log(self, version: str) -> list[np.ndarray]:
-        return self.scores.setdefault(version, [])
+    def score_log(self, model: str, version: str) -> list[np.ndarray]:
+        return self.scores.setdefault((model, version), [])
 
-    def count_request(self, route: str, status: int, seconds: float) -> None:
-        key = (route, status)
+    def count_decision(self, model: str, decision: str, unusual: bool) -> None:
+        key = (model, decision)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        if unusual:
+            self.out_of_distribution[model] = self.out_of_distribution.get(model, 0) + 1
+
+    def count_request(self, route: str, status: int, seconds: float, model: str = "") -> None:
+        key = (route, model, status)
         self.requests[key] = self.requests.get(key, 0) + 1
-        histogram = self.durations.get(route)
+        self._duration(route, model).observe(seconds)
+
+    def _duration(self, route: str, model: str) -> Histogram:
+        histogram = self.durations.get((route, model))
         if histogram is None:
-            histogram = self.durations[route] = Histogram(SECONDS)
-        histogram.observe(seconds)
+            histogram = self.durations[(route, model)] = Histogram(SECONDS)
+        return histogram
 
     def _flush_scoring(self) -> None:
         """Count and time the scoring requests recorded since the last flush, in bulk."""
         totals: list[np.ndarray] = []
-        for route, log in self.scoring.items():
+        for (route, model), log in self.scoring.items():
             if not log.statuses:
                 continue
             times = np.frombuffer(log.times, dtype=np.float64).reshape(-1, 5).copy()
@@ -189,12 +204,9 @@ class Metrics:
             statuses = np.frombuffer(log.statuses, dtype=np.uint16).copy()
             del log.times[:], log.statuses[:]
             for status, n in zip(*np.unique(statuses, return_counts=True), strict=True):
-                key = (route, int(status))
+                key = (route, model, int(status))
                 self.requests[key] = self.requests.get(key, 0) + int(n)
-            histogram = self.durations.get(route)
-            if histogram is None:
-                histogram = self.durations[route] = Histogram(SECONDS)
-            histogram.observe_array(times[:, 4] - times[:, 0])
+            self._duration(route, model).observe_array(times[:, 4] - times[:, 0])
             # Columns: started, body read, validated, encoding, finished; NaN where a
             # request did not get that far.
             parse = times[:, 2] - times[:, 1]
@@ -235,17 +247,20 @@ class Metrics:
             *self.durations.values(),
             *self.stages.values(),
             self.batch_rows,
-            self.probability,
+            *self.probability.values(),
         ]
 
     def _flush_scores(self) -> None:
-        for version, log in self.scores.items():
+        for (model, version), log in self.scores.items():
             if not log:
                 continue
             scores = np.concatenate(log)
             log.clear()
-            self.probability.observe_array(scores)
-            drift = self.drift_of(version)
+            histogram = self.probability.get(model)
+            if histogram is None:
+                histogram = self.probability[model] = Histogram(PROBABILITY)
+            histogram.observe_array(scores)
+            drift = self.drift_of(model, version)
             if drift is not None:
                 drift.observe(scores, checked=True)  # the service checked them: probabilities
 
@@ -268,19 +283,23 @@ class Metrics:
         """Everything, as JSON-ready data: what a worker writes and a scrape adds up."""
         self.flush()
         requests: dict[Labels, float] = {
-            (route, str(status)): n for (route, status), n in self.requests.items()
+            (route, model, str(status)): n for (route, model, status), n in self.requests.items()
         }
         counters: dict[str, tuple[str, Labels, dict[Labels, float]]] = {
-            "fraud_requests": ("Requests answered.", ("route", "status"), requests),
+            "fraud_requests": (
+                "Requests answered; model is empty on routes that address no model.",
+                ("route", "model", "status"),
+                requests,
+            ),
             "fraud_decisions": (
                 "Scored transactions by decision.",
-                ("decision",),
-                {(d,): n for d, n in self.decisions.items()},
+                ("model", "decision"),
+                {key: n for key, n in self.decisions.items()},
             ),
             "fraud_out_of_distribution": (
                 "Scored transactions flagged out of the training distribution.",
-                (),
-                {(): self.out_of_distribution},
+                ("model",),
+                {(m,): n for m, n in self.out_of_distribution.items()},
             ),
             "fraud_shed": ("Requests shed with 503: the queue was full.", (), {(): self.shed}),
             "fraud_rate_limited": (
@@ -297,8 +316,8 @@ class Metrics:
         histograms: dict[str, tuple[str, Labels, dict[Labels, Any]]] = {
             "fraud_request_duration_seconds": (
                 "Time from the request's arrival to the end of its answer.",
-                ("route",),
-                {(r,): (h.bounds, h.counts, h.total) for r, h in self.durations.items()},
+                ("route", "model"),
+                {key: (h.bounds, h.counts, h.total) for key, h in self.durations.items()},
             ),
             "fraud_stage_duration_seconds": (
                 "Time per stage: parse (JSON and validation), queue (waiting for the model),"
@@ -313,11 +332,11 @@ class Metrics:
             ),
             "fraud_probability": (
                 "Fraud probabilities returned.",
-                (),
-                {(): (self.probability.bounds, self.probability.counts, self.probability.total)},
+                ("model",),
+                {(m,): (h.bounds, h.counts, h.total) for m, h in self.probability.items()},
             ),
         }
-        drift: dict[str, DriftWindow] = {}
+        drift: dict[tuple[str, str], DriftWindow] = {}
         for drift_source in self.drift_sources:
             drift |= drift_source()
         return {
@@ -325,7 +344,11 @@ class Metrics:
             "gauges": _encode(gauges),
             "histograms": _encode(histograms),
             # PSI is computed after adding up workers' windows: PSIs themselves do not add.
-            "drift": {version: window._asdict() for version, window in drift.items()},
+            # A list, since JSON keys cannot be pairs.
+            "drift": [
+                {"model": model, "version": version, **window._asdict()}
+                for (model, version), window in drift.items()
+            ],
         }
 
 
@@ -342,17 +365,23 @@ def _encode(families: dict[str, tuple[str, Labels, dict[Labels, Any]]]) -> dict[
 
 def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
     """Sum counters and histograms over every state, gauges over live ones only."""
-    merged: dict[str, dict[str, Any]] = {
+    merged: dict[str, dict[Any, Any]] = {
         "counters": {},
         "gauges": {},
         "histograms": {},
-        "drift": {},
+        "drift": {},  # (model, version) -> window, once merged
     }
     for state, alive in zip(states, live, strict=True):
-        for version, window in state.get("drift", {}).items() if alive else ():
-            into = merged["drift"].get(version)
+        windows = state.get("drift", [])
+        pairs = (
+            windows.items()
+            if isinstance(windows, dict)
+            else (((w["model"], w["version"]), w) for w in windows)
+        )
+        for key, window in pairs if alive else ():
+            into = merged["drift"].get(key)
             if into is None or len(into["counts"]) != len(window["counts"]):
-                merged["drift"][version] = dict(window, counts=list(window["counts"]))
+                merged["drift"][key] = dict(window, counts=list(window["counts"]))
             else:
                 into["counts"] = [
                     a + b for a, b in zip(into["counts"], window["counts"], strict=True)
@@ -397,16 +426,17 @@ def families(state: dict[str, Any]) -> Iterator[Metric]:
         "Population stability index of the recent fraud probabilities against the model"
         " version's reference (0: same; above 0.2: a marked shift). Absent until the window"
         " holds enough scores.",
-        labels=["version"],
+        labels=["model", "version"],
     )
     window_size = GaugeMetricFamily(
-        "fraud_score_drift_window", "Scores in the drift window.", labels=["version"]
+        "fraud_score_drift_window", "Scores in the drift window.", labels=["model", "version"]
     )
-    for version, window in state["drift"].items():
+    for (model, version), window in state["drift"].items():
         count = sum(window["counts"])
-        window_size.add_metric([version], count)
+        window_size.add_metric([model, version], count)
         if count >= window["min_count"] and count > 0:
-            psi.add_metric([version], population_stability(window["counts"], window["proportions"]))
+            stability = population_stability(window["counts"], window["proportions"])
+            psi.add_metric([model, version], stability)
     yield psi
     yield window_size
     for name, family in state["histograms"].items():

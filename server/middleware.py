@@ -67,6 +67,11 @@ def route_label(path: str) -> str:
             return template
         if len(rest) == 1 and rest[0] in ("ready", "infer"):
             return f"{template}/{rest[0]}"
+    if path.startswith("/v1/models/") and len(parts) in (4, 5) and parts[3]:
+        if len(parts) == 4:
+            return "/v1/models/{name}"
+        if parts[4] == "samples":
+            return "/v1/models/{name}/samples"
     if len(parts) == 6 and path.startswith("/v2/repository/models/") and parts[5] == "load":
         return "/v2/repository/models/{name}/load"
     return "other"

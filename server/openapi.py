@@ -11,24 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.payloads import FLOAT32_MAX, MAX_TRANSACTION_ID
-from server.service import APPROVE, DECLINE, REVIEW
-from server.tensors import DATATYPE
-from server.v2 import EXTENSIONS, PLATFORM, SERVER_NAME, SERVER_VERSION
+from server.openapi_schemas import (
+    HEADER_LENGTH,
+    STRING,
+    Schema,
+    model_schemas,
+    obj,
+    ref,
+    score_schemas,
+    v2_schemas,
+)
+from server.v2 import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
-Schema = dict[str, Any]
-
-STRING: Schema = {"type": "string"}
-BOOLEAN: Schema = {"type": "boolean"}
-PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
 BINARY: Schema = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-HEADER_LENGTH = "Inference-Header-Content-Length"
 V1_ERRORS = {
     400: "invalid_json (not JSON, empty, NaN/Infinity literals, duplicated keys) or bad_request",
     401: "missing_api_key: no X-API-Key header",
     403: "invalid_api_key: the key is not one of the configured keys",
     413: "payload_too_large: the body is over the configured limit, declared or streamed",
-    404: "not_found: the version asked for (?version=) is not served",
+    404: "not_found: the model or the version asked for (?version=) is not served",
     415: "unsupported_media_type: Content-Type is not application/json",
     422: "invalid_request: valid JSON that is not a valid request; `field` names the culprit",
     429: "rate_limited: over this key's FRAUD_RATE_LIMIT_RPS (with Retry-After)",
@@ -60,198 +61,15 @@ REPOSITORY_ERRORS = {
 ERROR_HEADERS = {401: "WWW-Authenticate", 429: "Retry-After", 503: "Retry-After"}
 SCORE_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 500, 503)
 INFER_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503)
-PINNABLE = ("/v1/score", "/v1/score/batch", "/v1/model")
-
-
-def ref(name: str, kind: str = "schemas") -> Schema:
-    return {"$ref": f"#/components/{kind}/{name}"}
-
-
-def obj(
-    properties: dict[str, Schema],
-    optional: tuple[str, ...] = (),
-    closed: bool = False,
-    **extra: Any,
-) -> Schema:
-    """An object requiring every property but the optional ones; closed if the server
-    rejects unknown fields."""
-    required = [name for name in properties if name not in optional]
-    schema: Schema = {"type": "object", "properties": properties, "required": required}
-    return schema | ({"additionalProperties": False} if closed else {}) | extra
-
-
-def array(items: Schema, low: int | None = None, high: int | None = None, **extra: Any) -> Schema:
-    bounds = {"minItems": low, "maxItems": high}
-    schema: Schema = {"type": "array", "items": items}
-    return schema | {k: v for k, v in bounds.items() if v is not None} | extra
-
-
-def float32() -> Schema:
-    return {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
-
-
-def score_schemas(names: tuple[str, ...], max_items: int) -> dict[str, Schema]:
-    n = len(names)
-    transaction_id = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_TRANSACTION_ID}
-    features = {
-        "oneOf": [array(float32(), n, n), obj(dict.fromkeys(names, float32()), closed=True)],
-        "description": f"Finite numbers within float32 range: an array in model order "
-        f"({', '.join(names)}) or an object naming every feature.",
-    }
-    result = {
-        "transaction_id": {"type": ["string", "null"]},
-        "fraud_probability": PROBABILITY,
-        "decision": {"type": "string", "enum": [APPROVE, REVIEW, DECLINE]},
-        "model_version": STRING,
-        "out_of_distribution": BOOLEAN
-        | {"description": "A feature is beyond FRAUD_OOD_Z training standard deviations."},
-        "unusual_features": array(STRING, description="Those features, in model order."),
-    }
-    transactions = array(ref("ScoreRequest"), 1, max_items)
-    return {
-        "ScoreRequest": obj(
-            {"transaction_id": transaction_id | {"description": "Echoed back; null if absent."}}
-            | {"features": features},
-            ("transaction_id",),
-            closed=True,
-        ),
-        "ScoreResult": obj(result),
-        "BatchRequest": obj({"transactions": transactions}, closed=True),
-        "BatchResponse": obj({"results": array(ref("ScoreResult"), description="In order.")}),
-    }
-
-
-def model_schemas(n_features: int) -> dict[str, Schema]:
-    thresholds = obj({"review": PROBABILITY, "decline": PROBABILITY})
-    described = {
-        "name": STRING,
-        "version": STRING,
-        "features": array(STRING, n_features, n_features, description="In model order."),
-        "thresholds": thresholds | {"description": "In effect, after any settings override."},
-        "metrics": {"type": "object", "description": "Validation and test metrics."},
-        "created_at": STRING,
-        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-    }
-    described["opset"] = {"type": "integer", "description": "ONNX opset, from the manifest."}
-    described["runtime"] = STRING | {"description": 'What runs it, e.g. "onnxruntime 1.20.1".'}
-    loads = obj({"ok": {"type": "integer"}, "refused": {"type": "integer"}})
-    number_or_null = {"type": ["number", "null"]}
-    point = obj({"time": {"type": "number"}, "rps": {"type": "number"}})
-    point["properties"] |= {"p50_ms": number_or_null, "p99_ms": number_or_null}
-    point["required"] += ["p50_ms", "p99_ms"]
-    sample = obj({"features": array(float32(), n_features, n_features), "fraud": BOOLEAN})
-    return {
-        "ModelDescription": obj(described),
-        "Stats": obj({"recent": array(point, description="A point a second, oldest first.")}),
-        "Samples": obj(
-            {
-                "feature_names": array(STRING, n_features, n_features),
-                "rows": array(sample, description="Legitimate and fraudulent, labelled."),
-            }
-        ),
-        "ModelList": obj(
-            {
-                "default_version": STRING | {"description": "The newest: served when unpinned."},
-                "models": array(
-                    ref("ModelDescription"), description="One a version, newest first."
-                ),
-                "loads": loads | {"description": "Versions loaded and refused since start-up."},
-            }
-        ),
-    }
-
-
-def v2_schemas(
-    n_features: int, max_rows: int, input_name: str, output_name: str
-) -> dict[str, Schema]:
-    shape = array({"type": "integer"})
-    tensor = obj({"name": STRING, "datatype": STRING, "shape": shape})
-    binary_size = obj(
-        {"binary_data_size": {"type": "integer", "minimum": 0}}, ("binary_data_size",)
-    )
-    rows = {"type": "integer", "minimum": 1, "maximum": max_rows}
-    columns = {"type": "integer", "const": n_features}
-    data = [array(float32(), n_features, n_features * max_rows)]
-    data.append(array(array(float32(), n_features, n_features), 1, max_rows))
-    infer_input: dict[str, Schema] = {
-        "name": {"const": input_name, "description": "The model's input (see its metadata)."},
-        "datatype": {"const": DATATYPE},
-        "shape": {"type": "array", "prefixItems": [rows, columns], "items": False, "minItems": 2},
-        "data": {"oneOf": data, "description": "Row-major: n x F numbers, or n rows of F."},
-        "parameters": binary_size
-        | {
-            "description": f"Binary extension only: binary_data_size = n x {n_features} x 4 "
-            f"bytes of little-endian float32 follow the JSON header (see {HEADER_LENGTH}), "
-            "in place of data.",
-        },
-    }
-    output_choice = obj(
-        {
-            "name": {"const": output_name},
-            "parameters": obj({"binary_data": BOOLEAN}, ("binary_data",)),
-        },
-        ("parameters",),
-    )
-    output = {"name": STRING, "datatype": {"const": DATATYPE}, "shape": shape}
-    output |= {"data": array(PROBABILITY), "parameters": binary_size}
-    return {
-        "V2ServerMetadata": obj(
-            {"name": {"const": SERVER_NAME}, "version": STRING, "extensions": array(STRING)}
-        ),
-        "V2ModelMetadata": obj(
-            {"name": STRING, "versions": array(STRING), "platform": {"const": PLATFORM}}
-            | {"inputs": array(tensor), "outputs": array(tensor)}
-        ),
-        "V2InferInput": obj(
-            infer_input,
-            ("parameters",),
-            description="In JSON: data, with n x F values for shape [n, F]. With the binary "
-            "extension, parameters.binary_data_size instead of data.",
-        ),
-        "V2InferRequest": obj(
-            {
-                "id": STRING | {"description": "Echoed back."},
-                "inputs": array(ref("V2InferInput"), 1, 1),
-                "outputs": array(output_choice, 1)
-                | {"type": ["array", "null"], "description": "null or absent: every output."},
-                "parameters": obj({"binary_data_output": BOOLEAN}, ("binary_data_output",)),
-            },
-            ("id", "outputs", "parameters"),
-            closed=True,
-        ),
-        "V2InferResponse": obj(
-            {"id": STRING, "model_name": STRING, "model_version": STRING}
-            | {"outputs": array(obj(output, ("data", "parameters")))},
-            ("id",),
-        ),
-        "V2RepositoryIndex": array(
-            obj(
-                {
-                    "name": STRING,
-                    "version": STRING,
-                    "state": {"enum": ["READY", "UNAVAILABLE"]},
-                    "reason": STRING | {"description": "Why a version was refused; else empty."},
-                }
-            ),
-            description="Every version folder known, newest first.",
-        ),
-        "V2RepositoryLoad": obj(
-            {
-                "name": STRING,
-                "versions": array(STRING, description="Served now, newest (the default) first."),
-                "loaded": array(STRING, description="Loaded by this request."),
-                "refused": {
-                    "type": "object",
-                    "additionalProperties": STRING,
-                    "description": "Older versions refused by this request, with the reasons.",
-                },
-            }
-        ),
-        "V2Error": obj({"error": STRING}),
-        "V1Error": obj(
-            {"error": obj({"code": STRING, "message": STRING, "field": STRING}, ("field",))}
-        ),
-    }
+NAMED = "/v1/models/{name}"
+PINNABLE = (
+    "/v1/score",
+    "/v1/score/batch",
+    "/v1/model",
+    NAMED,
+    NAMED + "/score",
+    NAMED + "/score/batch",
+)
 
 
 def responses(path: str, schema: Schema, statuses: tuple[int, ...]) -> Schema:
@@ -286,13 +104,30 @@ def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
         (
             "get",
             "/v1/models",
-            "Every served version",
+            "Every served model and version",
             ref("ModelList"),
             (401, 403, 503),
             "ApiKey",
         ),
+        ("get", NAMED, "A served version of a model", ref("ModelDescription"), described, "ApiKey"),
         ("post", "/v1/score", "Score a transaction", ref("ScoreResult"), SCORE_ERRORS, "ApiKey"),
         ("post", "/v1/score/batch", "Score a batch", ref("BatchResponse"), SCORE_ERRORS, "ApiKey"),
+        (
+            "post",
+            NAMED + "/score",
+            "Score a transaction with a model",
+            ref("ScoreResult"),
+            SCORE_ERRORS,
+            "ApiKey",
+        ),
+        (
+            "post",
+            NAMED + "/score/batch",
+            "Score a batch with a model",
+            ref("BatchResponse"),
+            SCORE_ERRORS,
+            "ApiKey",
+        ),
         ("get", "/v2", "Server metadata", ref("V2ServerMetadata"), (), None),
         ("get", "/v2/health/live", "Liveness", obj({"live": {"const": True}}), (), None),
         ("get", "/v2/health/ready", "Readiness", obj({"ready": {"const": True}}), (503,), None),
@@ -326,6 +161,14 @@ def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
             "get",
             "/v1/model/samples",
             "Test-period rows shipped with the model",
+            ref("Samples"),
+            (401, 403, 404, 503),
+            "ApiKey",
+        ),
+        (
+            "get",
+            NAMED + "/samples",
+            "Test-period rows shipped with a model",
             ref("Samples"),
             (401, 403, 404, 503),
             "ApiKey",
@@ -364,6 +207,14 @@ def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
             "required": True,
             "content": {"application/json": {"schema": ref("BatchRequest"), "examples": batch}},
         },
+        NAMED + "/score": {
+            "required": True,
+            "content": {"application/json": {"schema": ref("NamedScoreRequest")}},
+        },
+        NAMED + "/score/batch": {
+            "required": True,
+            "content": {"application/json": {"schema": ref("NamedBatchRequest")}},
+        },
         "/v2/models/{name}/infer": infer,
         "/v2/models/{name}/versions/{version}/infer": infer,
     }
@@ -398,8 +249,11 @@ def openapi_document(
     max_batch_items: int,
     input_name: str = "features",
     output_name: str = "fraud_probability",
+    several_models: bool = False,
 ) -> dict[str, Any]:
-    """The document for a model with these features and this batch (and v2 row) limit."""
+    """The document for a default model with these features and this batch (and v2 row)
+    limit; with `several_models`, what all models share takes any width and names."""
+    width = None if several_models else len(feature_names)
     path_param: Schema = {"in": "path", "required": True, "schema": STRING}
     header_length = "The length of the JSON header; raw little-endian float32 bytes follow it."
     return {
@@ -415,8 +269,13 @@ def openapi_document(
         "paths": paths(feature_names),
         "components": {
             "schemas": score_schemas(feature_names, max_batch_items)
-            | model_schemas(len(feature_names))
-            | v2_schemas(len(feature_names), max_batch_items, input_name, output_name),
+            | model_schemas(width)
+            | v2_schemas(
+                width,
+                max_batch_items,
+                None if several_models else input_name,
+                None if several_models else output_name,
+            ),
             "parameters": {
                 "Name": path_param | {"name": "name"},
                 "Version": path_param | {"name": "version"},

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,17 +129,24 @@ def model_names(root: Path) -> list[str]:
     return [folder.name for folder in folders if scan(folder)]
 
 
-def resolve_model_name(root: Path, name: str | None) -> str:
-    if name is not None:
-        return name
-    names = model_names(root)
-    if len(names) != 1:
-        found = ", ".join(names) or "none"
+def resolve_models(root: Path, listed: Sequence[str], default: str | None) -> tuple[list[str], str]:
+    """The models to serve (the listed ones, else every model folder) and the default one,
+    which answers the routes that name no model: the only model, else it must be named."""
+    names = list(dict.fromkeys(listed)) or model_names(root)
+    if not names:
+        raise SettingsError(f"the model repository {root} holds no model folder with a version")
+    if default is None:
+        if len(names) != 1:
+            raise SettingsError(
+                f"FRAUD_DEFAULT_MODEL must name the model that answers /v1/score when several"
+                f" are served (serving: {', '.join(names)})"
+            )
+        default = names[0]
+    if default not in names:
         raise SettingsError(
-            f"the model repository {root} must hold exactly one model when"
-            f" FRAUD_MODEL_NAME is not set (found: {found})"
+            f"FRAUD_DEFAULT_MODEL {default!r} is not among the served models ({', '.join(names)})"
         )
-    return names[0]
+    return names, default
 
 
 class ModelRepository:

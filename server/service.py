@@ -41,7 +41,12 @@ class ScoringService:
         self.info = scorer.info
         self.max_batch_items = max_batch_items
         self.metrics = metrics
-        self._score_log = metrics.score_log(self.info.version) if metrics is not None else None
+        self._score_log = (
+            metrics.score_log(self.info.name, self.info.version) if metrics is not None else None
+        )
+        if metrics is not None:
+            # The model's series exist from the start, at 0, not from its first flagged row.
+            metrics.out_of_distribution.setdefault(self.info.name, 0)
         self.alerts = alerts
         # Drift is measured against this version's own reference, when its artifact has one.
         self.drift = (
@@ -134,11 +139,11 @@ class ScoringService:
     ) -> dict[str, Any]:
         decision = self.decide(probability)
         if self.metrics is not None:
-            self.metrics.decisions[decision] = self.metrics.decisions.get(decision, 0) + 1
-            if unusual:
-                self.metrics.out_of_distribution += 1
+            self.metrics.count_decision(self.info.name, decision, bool(unusual))
         if self.alerts is not None and decision != APPROVE:
-            self.alerts.offer(request.transaction_id, probability, decision, self.info.version)
+            self.alerts.offer(
+                request.transaction_id, probability, decision, self.info.version, self.info.name
+            )
         return {
             "transaction_id": request.transaction_id,
             "fraud_probability": probability,

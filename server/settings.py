@@ -21,10 +21,15 @@ BOOLEANS = ("INSECURE_DISABLE_AUTH", "METRICS", "ACCESS_LOG", "ALERT_ON_REVIEW",
 
 @dataclass(frozen=True)
 class Settings:
-    # The model repository: <model_repository>/<model_name>/<version>/ holds
-    # model.onnx and manifest.json. Without a name, the repository must hold one model.
+    # The model repository: <model_repository>/<model>/<version>/ holds model.onnx and
+    # manifest.json. Every model folder is served unless FRAUD_MODELS lists some
+    # (comma-separated); FRAUD_MODEL_NAME, the older setting, serves that one alone.
     model_repository: Path = Path("models")
     model_name: str | None = None
+    models: tuple[str, ...] = ()
+    # The model that answers the routes naming none (/v1/score, /v1/model ...): the only
+    # one served, else it must be set.
+    default_model: str | None = None
     # Serve at most this many of the newest versions (0: every version on disk).
     max_versions: int = 0
     # Seconds between looks at the repository for new, changed or removed versions
@@ -138,10 +143,22 @@ class Settings:
             )
         if self.model_name is not None and not is_folder_name(self.model_name):
             raise SettingsError(f"{PREFIX}MODEL_NAME must be a plain folder name")
+        for name in self.models:
+            if not is_folder_name(name):
+                raise SettingsError(f"{PREFIX}MODELS must list plain folder names, not {name!r}")
+        if self.default_model is not None and not is_folder_name(self.default_model):
+            raise SettingsError(f"{PREFIX}DEFAULT_MODEL must be a plain folder name")
+        if self.model_name is not None and self.models:
+            raise SettingsError(f"set {PREFIX}MODELS or {PREFIX}MODEL_NAME, not both")
         for name in ("review_threshold", "decline_threshold"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise SettingsError(f"FRAUD_{name.upper()} must be within [0, 1]")
+
+    @property
+    def listed_models(self) -> tuple[str, ...]:
+        """The models asked for by name; empty: every model folder in the repository."""
+        return (self.model_name,) if self.model_name is not None else self.models
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -161,6 +178,10 @@ class Settings:
             values["model_repository"] = Path(repository)
         if model_name := get("MODEL_NAME"):
             values["model_name"] = model_name
+        if models := get("MODELS"):
+            values["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
+        if default_model := get("DEFAULT_MODEL"):
+            values["default_model"] = default_model
         for name in ("API_KEYS", "ADMIN_KEYS"):
             if keys := get(name):
                 values[name.lower()] = tuple(k.strip() for k in keys.split(",") if k.strip())

@@ -79,10 +79,7 @@ class V2Endpoints:
 
     def model(self, request: Request) -> ScoringService:
         """The service for the model and version in the path, or a v2 error."""
-        snapshot = self.state.ready_snapshot()
-        name = request.path_params["name"]
-        if name != snapshot.name:
-            raise NotFound(f"unknown model {name!r}")
+        snapshot = self.state.ready_snapshot(request.path_params["name"])
         return snapshot.get(request.path_params.get("version"))
 
     async def server_metadata(self, request: Request) -> Response:
@@ -103,7 +100,7 @@ class V2Endpoints:
     async def model_metadata(self, request: Request) -> Response:
         try:
             info = self.model(request).info
-            versions = list(self.state.ready_snapshot().services)
+            versions = list(self.state.ready_snapshot(info.name).services)
         except ServingError as error:
             return v2_error(error)
         return JSONResponse(
@@ -175,19 +172,21 @@ class V2Endpoints:
     async def repository_index(self, request: Request) -> Response:
         """Every version folder the server knows of: READY, or UNAVAILABLE with the reason."""
         try:
-            repository = self.admin(request)
+            repositories = self.admin(request)
         except ServingError as error:
             return v2_error(error)
-        return JSONResponse(repository.index())
+        return JSONResponse([entry for r in repositories.values() for entry in r.index()])
 
     async def load(self, request: Request) -> Response:
         """Look at the model's folder now: load new or changed versions, retry refused ones."""
         try:
-            repository = self.admin(request)
-            if request.path_params["name"] != repository.name:
-                raise NotFound(f"unknown model {request.path_params['name']!r}")
+            repositories = self.admin(request)
+            name = request.path_params["name"]
+            repository = repositories.get(name)
+            if repository is None:
+                raise NotFound(f"unknown model {name!r} (serving: {', '.join(repositories)})")
             result = await repository.refresh(force=True)
-            snapshot = self.state.ready_snapshot()
+            snapshot = self.state.ready_snapshot(name)
         except ServingError as error:
             return v2_error(error)
         # A failure only if the newest version on disk is not what serves by default now: an
@@ -208,17 +207,17 @@ class V2Endpoints:
             }
         )
 
-    def admin(self, request: Request) -> ModelRepository:
-        """The repository, for a caller holding an admin key."""
+    def admin(self, request: Request) -> dict[str, ModelRepository]:
+        """Every model's repository, for a caller holding an admin key."""
         presented = request.headers.get(HEADER)
         if self.admin_guard is None:
             if not presented:
                 raise MissingApiKey()
             raise InvalidApiKey("the repository routes are off: no admin key is configured")
         self.admin_guard.check(presented)
-        if self.state.repository is None:
+        if not self.state.repositories:
             raise NotFound("this server has no model repository")
-        return self.state.repository
+        return self.state.repositories
 
     async def read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")

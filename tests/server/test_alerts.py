@@ -147,13 +147,14 @@ def down_url() -> str:
 def test_a_decline_is_posted_with_exactly_the_alert_fields(hooks: Webhooks) -> None:
     receiver = hooks.receiver()
     sender = hooks.sender(receiver.url + "?token=abc")
-    assert sender.offer("tx-1", 0.9912, "DECLINE", "3") is True
+    assert sender.offer("tx-1", 0.9912, "DECLINE", "3", "cards") is True
     wait_until(lambda: sender.sent == 1)
     assert receiver.bodies() == [
         {
             "transaction_id": "tx-1",
             "fraud_probability": 0.9912,
             "decision": "DECLINE",
+            "model": "cards",
             "model_version": "3",
             "time": "2024-05-01T12:30:45.123Z",
         }
@@ -187,16 +188,17 @@ def test_review_alerts_only_when_asked_and_approve_never(hooks: Webhooks) -> Non
 def test_slack_form_is_a_text_message(hooks: Webhooks) -> None:
     receiver = hooks.receiver()
     sender = hooks.sender(receiver.url, slack=True)
-    sender.offer("tx-1", 0.99123, "DECLINE", "1")
-    sender.offer("<!channel>", 0.5, "DECLINE", "1")
+    sender.offer("tx-1", 0.99123, "DECLINE", "1", "cards")
+    sender.offer("<!channel>", 0.5, "DECLINE", "1", "<!here>")
     wait_until(lambda: sender.sent == 2)
     first, second = receiver.bodies()
     assert first == {
-        "text": "DECLINE: transaction tx-1 scored 0.9912 (model 1) at 2024-05-01T12:30:45.123Z"
+        "text": "DECLINE: transaction tx-1 scored 0.9912 (model cards version 1)"
+        " at 2024-05-01T12:30:45.123Z"
     }
     assert isinstance(second, dict)
-    assert "<!channel>" not in second["text"]
-    assert "&lt;!channel&gt;" in second["text"]
+    assert "<!channel>" not in second["text"] and "<!here>" not in second["text"]
+    assert "&lt;!channel&gt;" in second["text"] and "&lt;!here&gt;" in second["text"]
 
 
 def test_one_connection_is_kept_per_url(hooks: Webhooks) -> None:

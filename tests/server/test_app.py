@@ -229,9 +229,11 @@ def test_models_lists_every_served_version() -> None:
     with make_client() as client:
         assert client.get("/v1/models").status_code == 401
         models = client.get("/v1/models", headers={"X-API-Key": KEY}).json()["models"]
-    assert [(m["name"], m["version"]) for m in models] == [("fake", "7")]
+    assert [(m["name"], m["default_version"]) for m in models] == [("fake", "7")]
+    versions = models[0]["versions"]
+    assert [(v["name"], v["version"]) for v in versions] == [("fake", "7")]
     assert {"features", "thresholds", "metrics", "created_at", "opset", "runtime", "sha256"} <= set(
-        models[0]
+        versions[0]
     )
 
 
@@ -261,8 +263,9 @@ def test_a_version_can_be_pinned_on_v1() -> None:
 def test_models_reports_the_default_version_and_loads() -> None:
     with make_client() as client:
         listing = client.get("/v1/models", headers={"X-API-Key": KEY}).json()
-    assert listing["default_version"] == "7"
-    assert listing["loads"] == {"ok": 1, "refused": 0}
+    assert listing["default_model"] == "fake"
+    assert listing["models"][0]["default_version"] == "7"
+    assert listing["models"][0]["loads"] == {"ok": 1, "refused": 0}
 
 
 def test_router_errors_under_v2_use_the_v2_shape() -> None:

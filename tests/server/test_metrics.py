@@ -273,8 +273,8 @@ def worker_metrics(requests: int, probabilities: list[float], depth: float) -> M
     for _ in range(requests):
         metrics.count_request("/v1/score", 200, 0.0003)
     metrics.count_request("/v1/score", 422, 0.00001)
-    metrics.decisions["DECLINE"] = requests
-    metrics.probability.observe_many(probabilities)
+    metrics.decisions[("fake", "DECLINE")] = requests
+    metrics.score_log("fake", "7").append(np.asarray(probabilities))
     metrics.stages["queue"].observe(0.002)
     metrics.shed = requests
     metrics.gauge_sources.append(
@@ -288,23 +288,23 @@ def test_merge_sums_counters_and_histograms_and_live_gauges_only() -> None:
     second = worker_metrics(4, [0.6, 1.0, 1.0], depth=5).state()
     merged = merge([first, second], [True, True])
     requests = merged["counters"]["fraud_requests"]["values"]
-    assert requests[("/v1/score", "200")] == 7 and requests[("/v1/score", "422")] == 2
+    assert requests[("/v1/score", "", "200")] == 7 and requests[("/v1/score", "", "422")] == 2
     assert merged["counters"]["fraud_shed"]["values"][()] == 7
-    bounds, counts, total = merged["histograms"]["fraud_probability"]["values"][()]
+    bounds, counts, total = merged["histograms"]["fraud_probability"]["values"][("fake",)]
     assert sum(counts) == 5 and total == pytest.approx(3.3)
     assert counts[bounds.index(0.6)] == 2 and counts[-2] == 2  # le=1.0 holds both ones
     assert merged["gauges"]["fraud_queue_depth"]["values"][()] == 7
     without_dead = merge([first, second], [True, False])
     assert without_dead["gauges"]["fraud_queue_depth"]["values"][()] == 2
-    assert without_dead["counters"]["fraud_requests"]["values"][("/v1/score", "200")] == 7
+    assert without_dead["counters"]["fraud_requests"]["values"][("/v1/score", "", "200")] == 7
 
 
 def test_merging_leaves_the_live_tallies_alone() -> None:
     metrics = worker_metrics(3, [0.5], depth=0)
     state = metrics.state()
     merge([state, metrics.state()], [True, True])
-    assert metrics.requests[("/v1/score", 200)] == 3
-    assert sum(metrics.probability.counts) == 1
+    assert metrics.requests[("/v1/score", "", 200)] == 3
+    assert sum(metrics.probability["fake"].counts) == 1
 
 
 def exporters(tmp_path: Path) -> tuple[MetricsExporter, MetricsExporter]:
@@ -370,7 +370,7 @@ def test_the_app_writes_its_file_at_shutdown(tmp_path: Path) -> None:
     assert len(files) == 1
     state = json.loads(files[0].read_bytes())
     decisions = state["counters"]["fraud_decisions"]["values"]
-    assert decisions == [[["DECLINE"], 1]]
+    assert decisions == [[["fake", "DECLINE"], 1]]
 
 
 # Shed and rate-limited requests.

@@ -57,7 +57,13 @@ def test_the_document_lists_exactly_the_served_routes() -> None:
         for method in route.methods or ()
         if method != "HEAD"
     }
-    served |= {("/v1/score", "post"), ("/v1/score/batch", "post")}  # ScoringRoutes, plain ASGI
+    # ScoringRoutes, plain ASGI ahead of the router.
+    served |= {
+        ("/v1/score", "post"),
+        ("/v1/score/batch", "post"),
+        ("/v1/models/{name}/score", "post"),
+        ("/v1/models/{name}/score/batch", "post"),
+    }
     documented = {
         (path, method)
         for path, item in DOCUMENT["paths"].items()
@@ -77,7 +83,11 @@ def test_keyed_routes_and_only_they_need_the_api_key() -> None:
     assert keyed == {
         ("/v1/model", "get"),
         ("/v1/models", "get"),
+        ("/v1/models/{name}", "get"),
         ("/v1/model/samples", "get"),
+        ("/v1/models/{name}/samples", "get"),
+        ("/v1/models/{name}/score", "post"),
+        ("/v1/models/{name}/score/batch", "post"),
         ("/v1/stats", "get"),
         ("/v1/score", "post"),
         ("/v1/score/batch", "post"),

@@ -20,7 +20,7 @@ import pytest
 
 from server.app import make_service
 from server.errors import ArtifactError, NotFound, SettingsError
-from server.repository import ModelRepository, Snapshot, resolve_model_name, scan, signature
+from server.repository import ModelRepository, Snapshot, resolve_models, scan, signature
 from server.service import ScoringService
 from server.settings import Settings
 from tests.server.fakes import FakeScorer, fake_info
@@ -114,16 +114,24 @@ def test_a_folder_signature_changes_with_what_mtime_misses(tmp_path: Path) -> No
     assert signature(tmp_path / "gone") is None
 
 
-def test_the_model_name_comes_from_the_repository_when_it_holds_one(tmp_path: Path) -> None:
+def test_the_served_models_and_the_default_come_from_the_repository(tmp_path: Path) -> None:
     write_version(tmp_path, "1")
     (tmp_path / "notes").mkdir()  # no version folders: not a model
-    assert resolve_model_name(tmp_path, None) == NAME
-    assert resolve_model_name(tmp_path, "other") == "other"
+    assert resolve_models(tmp_path, (), None) == ([NAME], NAME)
+    assert resolve_models(tmp_path, ("other",), None) == (["other"], "other")
     (tmp_path / "second" / "1").mkdir(parents=True)
-    with pytest.raises(SettingsError, match="exactly one model"):
-        resolve_model_name(tmp_path, None)
+    with pytest.raises(SettingsError, match="FRAUD_DEFAULT_MODEL must name .* second"):
+        resolve_models(tmp_path, (), None)
+    assert resolve_models(tmp_path, (), "second") == ([NAME, "second"], "second")
+    assert resolve_models(tmp_path, ("second", NAME), NAME)[0] == ["second", NAME]
+    with pytest.raises(SettingsError, match="'third' is not among the served models"):
+        resolve_models(tmp_path, (), "third")
     with pytest.raises(SettingsError, match="cannot read"):
-        resolve_model_name(tmp_path / "missing", None)
+        resolve_models(tmp_path / "missing", (), None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SettingsError, match="holds no model folder"):
+        resolve_models(empty, (), None)
 
 
 def test_serves_every_version_newest_by_default_and_pins_on_request(tmp_path: Path) -> None:
