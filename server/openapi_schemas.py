@@ -1,0 +1,247 @@
+"""The OpenAPI document's component schemas, as plain dicts: see server/openapi.py.
+
+With one model served, the schemas name its features and bound every array by its width.
+With several, the default model's routes keep those exact schemas and everything shared by
+every model (named routes, model descriptions, samples, v2 tensors) takes any width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.payloads import FLOAT32_MAX, MAX_TRANSACTION_ID
+from server.service import APPROVE, DECLINE, REVIEW
+from server.tensors import DATATYPE
+from server.v2 import PLATFORM, SERVER_NAME
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+BOOLEAN: Schema = {"type": "boolean"}
+PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def ref(name: str, kind: str = "schemas") -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def obj(
+    properties: dict[str, Schema],
+    optional: tuple[str, ...] = (),
+    closed: bool = False,
+    **extra: Any,
+) -> Schema:
+    """An object requiring every property but the optional ones; closed if the server
+    rejects unknown fields."""
+    required = [name for name in properties if name not in optional]
+    schema: Schema = {"type": "object", "properties": properties, "required": required}
+    return schema | ({"additionalProperties": False} if closed else {}) | extra
+
+
+def array(items: Schema, low: int | None = None, high: int | None = None, **extra: Any) -> Schema:
+    bounds = {"minItems": low, "maxItems": high}
+    schema: Schema = {"type": "array", "items": items}
+    return schema | {k: v for k, v in bounds.items() if v is not None} | extra
+
+
+def float32() -> Schema:
+    return {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+
+
+def score_schemas(names: tuple[str, ...], max_items: int) -> dict[str, Schema]:
+    """The default model's requests (exact), any model's (any width), and the answers."""
+    n = len(names)
+    transaction_id = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_TRANSACTION_ID}
+    transaction_id |= {"description": "Echoed back; null if absent."}
+    features = {
+        "oneOf": [array(float32(), n, n), obj(dict.fromkeys(names, float32()), closed=True)],
+        "description": f"Finite numbers within float32 range: an array in model order "
+        f"({', '.join(names)}) or an object naming every feature.",
+    }
+    any_features = {
+        "oneOf": [
+            array(float32(), 1),
+            {"type": "object", "additionalProperties": float32(), "minProperties": 1},
+        ],
+        "description": "Finite numbers within float32 range: an array in the model's order or "
+        "an object naming every feature (GET /v1/models/{name} lists them).",
+    }
+    result = {
+        "transaction_id": {"type": ["string", "null"]},
+        "fraud_probability": PROBABILITY,
+        "decision": {"type": "string", "enum": [APPROVE, REVIEW, DECLINE]},
+        "model_version": STRING,
+        "out_of_distribution": BOOLEAN
+        | {"description": "A feature is beyond FRAUD_OOD_Z training standard deviations."},
+        "unusual_features": array(STRING, description="Those features, in model order."),
+    }
+    transactions = array(ref("ScoreRequest"), 1, max_items)
+    any_transactions = array(ref("NamedScoreRequest"), 1, max_items)
+    return {
+        "ScoreRequest": obj(
+            {"transaction_id": transaction_id, "features": features},
+            ("transaction_id",),
+            closed=True,
+        ),
+        "NamedScoreRequest": obj(
+            {"transaction_id": transaction_id, "features": any_features},
+            ("transaction_id",),
+            closed=True,
+        ),
+        "ScoreResult": obj(result),
+        "BatchRequest": obj({"transactions": transactions}, closed=True),
+        "NamedBatchRequest": obj({"transactions": any_transactions}, closed=True),
+        "BatchResponse": obj({"results": array(ref("ScoreResult"), description="In order.")}),
+    }
+
+
+def model_schemas(n_features: int | None) -> dict[str, Schema]:
+    """Descriptions, samples and stats; n_features None: several models, any width."""
+    low, high = (1, None) if n_features is None else (n_features, n_features)
+    thresholds = obj({"review": PROBABILITY, "decline": PROBABILITY})
+    described = {
+        "name": STRING,
+        "version": STRING,
+        "features": array(STRING, low, high, description="In model order."),
+        "thresholds": thresholds | {"description": "In effect, after any settings override."},
+        "metrics": {"type": "object", "description": "Validation and test metrics."},
+        "created_at": STRING,
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    }
+    described["opset"] = {"type": "integer", "description": "ONNX opset, from the manifest."}
+    described["runtime"] = STRING | {"description": 'What runs it, e.g. "onnxruntime 1.20.1".'}
+    loads = obj({"ok": {"type": "integer"}, "refused": {"type": "integer"}})
+    number_or_null = {"type": ["number", "null"]}
+    point = obj({"time": {"type": "number"}, "rps": {"type": "number"}})
+    point["properties"] |= {"p50_ms": number_or_null, "p99_ms": number_or_null}
+    point["required"] += ["p50_ms", "p99_ms"]
+    sample = obj({"features": array(float32(), low, high), "fraud": BOOLEAN})
+    return {
+        "ModelDescription": obj(described),
+        "Stats": obj({"recent": array(point, description="A point a second, oldest first.")}),
+        "Samples": obj(
+            {
+                "feature_names": array(STRING, low, high),
+                "rows": array(sample, description="Legitimate and fraudulent, labelled."),
+            }
+        ),
+        "ModelList": obj(
+            {
+                "default_model": STRING | {"description": "Answers the routes naming none."},
+                "models": array(
+                    obj(
+                        {
+                            "name": STRING,
+                            "default_version": STRING
+                            | {"description": "The newest: served when unpinned."},
+                            "versions": array(ref("ModelDescription"), description="Newest first."),
+                            "loads": loads
+                            | {"description": "Versions loaded and refused since start-up."},
+                        }
+                    ),
+                    description="One a model, the default first.",
+                ),
+            }
+        ),
+    }
+
+
+def v2_schemas(
+    n_features: int | None, max_rows: int, input_name: str | None, output_name: str | None
+) -> dict[str, Schema]:
+    """The v2 tensors: the one model's names and width, or (None) any served model's."""
+    shape = array({"type": "integer"})
+    tensor = obj({"name": STRING, "datatype": STRING, "shape": shape})
+    binary_size = obj(
+        {"binary_data_size": {"type": "integer", "minimum": 0}}, ("binary_data_size",)
+    )
+    rows = {"type": "integer", "minimum": 1, "maximum": max_rows}
+    width = "F" if n_features is None else str(n_features)
+    if n_features is None:
+        columns: Schema = {"type": "integer", "minimum": 1}
+        data = [array(float32(), 1), array(array(float32(), 1), 1, max_rows)]
+    else:
+        columns = {"type": "integer", "const": n_features}
+        data = [array(float32(), n_features, n_features * max_rows)]
+        data.append(array(array(float32(), n_features, n_features), 1, max_rows))
+    input_schema = STRING if input_name is None else {"const": input_name}
+    infer_input: dict[str, Schema] = {
+        "name": input_schema | {"description": "The model's input (see its metadata)."},
+        "datatype": {"const": DATATYPE},
+        "shape": {"type": "array", "prefixItems": [rows, columns], "items": False, "minItems": 2},
+        "data": {"oneOf": data, "description": "Row-major: n x F numbers, or n rows of F."},
+        "parameters": binary_size
+        | {
+            "description": f"Binary extension only: binary_data_size = n x {width} x 4 "
+            f"bytes of little-endian float32 follow the JSON header (see {HEADER_LENGTH}), "
+            "in place of data.",
+        },
+    }
+    output_choice = obj(
+        {
+            "name": STRING if output_name is None else {"const": output_name},
+            "parameters": obj({"binary_data": BOOLEAN}, ("binary_data",)),
+        },
+        ("parameters",),
+    )
+    output = {"name": STRING, "datatype": {"const": DATATYPE}, "shape": shape}
+    output |= {"data": array(PROBABILITY), "parameters": binary_size}
+    return {
+        "V2ServerMetadata": obj(
+            {"name": {"const": SERVER_NAME}, "version": STRING, "extensions": array(STRING)}
+        ),
+        "V2ModelMetadata": obj(
+            {"name": STRING, "versions": array(STRING), "platform": {"const": PLATFORM}}
+            | {"inputs": array(tensor), "outputs": array(tensor)}
+        ),
+        "V2InferInput": obj(
+            infer_input,
+            ("parameters",),
+            description="In JSON: data, with n x F values for shape [n, F]. With the binary "
+            "extension, parameters.binary_data_size instead of data.",
+        ),
+        "V2InferRequest": obj(
+            {
+                "id": STRING | {"description": "Echoed back."},
+                "inputs": array(ref("V2InferInput"), 1, 1),
+                "outputs": array(output_choice, 1)
+                | {"type": ["array", "null"], "description": "null or absent: every output."},
+                "parameters": obj({"binary_data_output": BOOLEAN}, ("binary_data_output",)),
+            },
+            ("id", "outputs", "parameters"),
+            closed=True,
+        ),
+        "V2InferResponse": obj(
+            {"id": STRING, "model_name": STRING, "model_version": STRING}
+            | {"outputs": array(obj(output, ("data", "parameters")))},
+            ("id",),
+        ),
+        "V2RepositoryIndex": array(
+            obj(
+                {
+                    "name": STRING,
+                    "version": STRING,
+                    "state": {"enum": ["READY", "UNAVAILABLE"]},
+                    "reason": STRING | {"description": "Why a version was refused; else empty."},
+                }
+            ),
+            description="Every version folder known, newest first.",
+        ),
+        "V2RepositoryLoad": obj(
+            {
+                "name": STRING,
+                "versions": array(STRING, description="Served now, newest (the default) first."),
+                "loaded": array(STRING, description="Loaded by this request."),
+                "refused": {
+                    "type": "object",
+                    "additionalProperties": STRING,
+                    "description": "Older versions refused by this request, with the reasons.",
+                },
+            }
+        ),
+        "V2Error": obj({"error": STRING}),
+        "V1Error": obj(
+            {"error": obj({"code": STRING, "message": STRING, "field": STRING}, ("field",))}
+        ),
+    }
