@@ -19,7 +19,8 @@ FROM ${PYTHON_IMAGE} AS serve
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    FRAUD_MODEL_REPOSITORY=/app/models
+    FRAUD_MODEL_REPOSITORY=/app/models \
+    FRAUD_DEFAULT_MODEL=creditcard
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fraud
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
