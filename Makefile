@@ -62,12 +62,12 @@ export: $(VENV)/.installed
 # Side by side on the time split: the LSTM-CNN trained with each of EVAL_SEEDS (into
 # runs/evaluate, reused when already there), XGBoost and logistic regression on the same rows,
 # and the shipped model re-scored from its ONNX file. Prints the table and writes it into the
-# model card (evaluation.md, evaluation.json) and the README.
+# model card (evaluation.md, evaluation.json) and docs/models.md.
 EVAL_SEEDS ?= 1 2 3
 SHIPPED_MODEL ?= models/creditcard/2
 evaluate: $(VENV)/.installed data
 	$(VENV)/bin/python -m training.compare --csv data/creditcard.csv --seeds $(EVAL_SEEDS) \
-		--runs runs/evaluate --model-dir $(SHIPPED_MODEL) --readme README.md $(EVAL_FLAGS)
+		--runs runs/evaluate --model-dir $(SHIPPED_MODEL) --readme docs/models.md $(EVAL_FLAGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

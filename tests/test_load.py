@@ -1,7 +1,7 @@
 """Overload and soak against a real uvicorn serving the shipped model (about 2 minutes).
 
 `make overload` and `make soak` (10 minutes) run the same code and write their figures to
-benchmarks/results/, which the README's Reliability section quotes.
+benchmarks/results/, which docs/reliability.md quotes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Every model is trained on the same fitted rows for each seed, its thresholds are
 validation, and it is measured once on the test period. The LSTM-CNN's runs are trained into
 --runs (or reused when a run with the same configuration is already there); the shipped model
 is re-scored from its ONNX file. The table goes to stdout, to evaluation.md and evaluation.json
-in the model's folder, and between the markers in the README.
+in the model's folder, and between the markers in docs/models.md (--readme).
 """
 
 from __future__ import annotations
@@ -222,7 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model-dir", type=Path, required=True, help="the shipped model, re-scored from ONNX"
     )
-    parser.add_argument("--readme", type=Path, help="README with the evaluation markers")
+    parser.add_argument(
+        "--readme", type=Path, help="Markdown page with the evaluation markers (docs/models.md)"
+    )
     parser.add_argument(
         "--reference-onnx", type=Path, help="another model.onnx whose latency to set beside"
     )
