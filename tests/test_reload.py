@@ -134,7 +134,7 @@ def test_a_new_version_loaded_on_request_swaps_in_under_load_with_no_failure(
         body = load.body
         assert client.post("/v1/score", json=body).json()["model_version"] == "2"
         assert client.post("/v1/score?version=1", json=body).json()["model_version"] == "1"
-        assert client.get("/v1/models").json()["loads"] == {"ok": 2, "refused": 0}
+        assert client.get("/v1/models").json()["models"][0]["loads"] == {"ok": 2, "refused": 0}
         assert client.get("/v2/models/tiny").json()["versions"] == ["2", "1"]
     index = triton_client.get_model_repository_index(headers=dict(ADMIN))
     assert [(m["version"], m["state"]) for m in index] == [("2", "READY"), ("1", "READY")]
@@ -172,7 +172,8 @@ def test_broken_versions_are_refused_while_scoring_continues(
     assert "version 3" in answer.json()["error"] and "version 2" in answer.json()["error"]
     assert "serving versions 1" in answer.json()["error"]
     with server.client(headers=SCORE) as client:
-        assert client.get("/v1/models").json()["loads"]["refused"] == 4  # by poll, then on load
+        listing = client.get("/v1/models").json()
+        assert listing["models"][0]["loads"]["refused"] == 4  # by poll, then on load
         # A good version after the broken ones is picked up by the poll.
         make_version(tiny_model_dir, model_root, "4")
         deadline = time.monotonic() + 15

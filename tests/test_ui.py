@@ -1,6 +1,6 @@
 """The page at /ui in a real headless Chromium, against a real uvicorn serving the shipped
-model: score a shipped fraud sample and see DECLINE, see the live panel fill, see a wrong
-key's error. The screenshot lands in test-artifacts/ui.png."""
+models: score a shipped fraud sample and see DECLINE, pick the other model and score with it,
+see the live panel fill, see a wrong key's error. The screenshot lands in test-artifacts/ui.png."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 
 SHIPPED = ROOT / "models" / "creditcard" / "2"
+MOBILE = ROOT / "models" / "mobile-money" / "1"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -30,7 +31,9 @@ NO_VALUE = "\u2013"  # the panel's dash before its first figures
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     log = tmp_path_factory.mktemp("ui") / "uvicorn.log"
-    server = start_server(SHIPPED, log)
+    # Every shipped model, as make serve serves them.
+    env = {"FRAUD_MODEL_NAME": "", "FRAUD_DEFAULT_MODEL": "creditcard"}
+    server = start_server(SHIPPED, log, env)
     yield server
     stop_server(server)
 
@@ -58,13 +61,14 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
-def declined_fraud_sample(server: LiveServer) -> int:
-    """The index of a shipped fraud sample that the shipped model declines."""
-    rows = json.loads((SHIPPED / "samples.json").read_text())["rows"]
+def declined_fraud_sample(server: LiveServer, folder: Path = SHIPPED) -> int:
+    """The index of a shipped fraud sample that the model in `folder` declines."""
+    rows = json.loads((folder / "samples.json").read_text())["rows"]
+    route = f"/v1/models/{folder.parent.name}/score"
     with server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
         for index, row in enumerate(rows):
             if row["fraud"]:
-                answer = client.post("/v1/score", json={"features": row["features"]}).json()
+                answer = client.post(route, json={"features": row["features"]}).json()
                 if answer["decision"] == "DECLINE":
                     return index
     raise AssertionError("no shipped fraud sample is declined")
@@ -106,6 +110,29 @@ def test_a_shipped_fraud_sample_is_declined(
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rps-line polyline"))
     ARTIFACTS.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "ui.png"))
+
+
+def test_the_other_model_can_be_picked_and_scores_with_its_own_features(
+    shipped_server: LiveServer, browser: webdriver.Chrome
+) -> None:
+    index = declined_fraud_sample(shipped_server, MOBILE)
+    connect(browser, shipped_server, TEST_API_KEY)
+    wait = WebDriverWait(browser, WAIT_S)
+    wait.until(lambda d: d.find_element(By.ID, "model-pick").is_enabled())
+    picker = Select(browser.find_element(By.ID, "model-pick"))
+    assert [o.text for o in picker.options] == ["creditcard", "mobile-money"]
+    assert picker.first_selected_option.text == "creditcard"
+    picker.select_by_value("mobile-money")
+    wait.until(ready.text_to_be_present_in_element((By.ID, "model"), "mobile-money version 1"))
+    names = [
+        i.get_attribute("name") for i in browser.find_elements(By.CSS_SELECTOR, "#features input")
+    ]
+    assert names == json.loads((MOBILE / "samples.json").read_text())["feature_names"]
+    Select(browser.find_element(By.ID, "sample")).select_by_value(str(index))
+    browser.find_element(By.ID, "score").click()
+    wait.until(ready.text_to_be_present_in_element((By.ID, "decision"), "DECLINE"))
+    assert browser.find_element(By.ID, "version").text == "1"
+    assert browser.find_element(By.ID, "error").is_displayed() is False
 
 
 def test_a_wrong_key_is_shown_plainly(

@@ -43,16 +43,41 @@ function buildForm() {
   $("model").textContent = `${model.name} version ${model.version}`;
 }
 
+// The served models, the default first; the form follows the one picked.
+function buildPicker(listing) {
+  const options = listing.models.map((m) => new Option(m.name, m.name));
+  $("model-pick").replaceChildren(...options);
+  $("model-pick").value = listing.default_model;
+  $("model-pick").disabled = options.length < 2;
+}
+
+async function useModel(name) {
+  const path = `/v1/models/${encodeURIComponent(name)}`;
+  model = await api(path);
+  samples = await api(`${path}/samples`).then((found) => found.rows, () => []);
+  $("result").hidden = true;
+  buildForm();
+}
+
 $("connect-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   key = $("api-key").value.trim();
   try {
-    model = await api("/v1/model");
-    samples = (await api("/v1/model/samples")).rows;
-    buildForm();
+    const listing = await api("/v1/models");
+    buildPicker(listing);
+    await useModel(listing.default_model);
     showError("");
   } catch (error) {
     showError(`Cannot connect: ${error.message}`);
+  }
+});
+
+$("model-pick").addEventListener("change", async () => {
+  try {
+    await useModel($("model-pick").value);
+    showError("");
+  } catch (error) {
+    showError(`Cannot load the model: ${error.message}`);
   }
 });
 
@@ -66,7 +91,7 @@ $("score-form").addEventListener("submit", async (event) => {
   const features = model.features.map((_, i) => Number($(`f${i}`).value));
   const started = performance.now();
   try {
-    const answer = await api("/v1/score", {
+    const answer = await api(`/v1/models/${encodeURIComponent(model.name)}/score`, {
       method: "POST",
       body: JSON.stringify({ transaction_id: "ui", features }),
     });
