@@ -18,7 +18,8 @@ def psi(client: TestClient) -> float | None:
     text = client.get("/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "fraud_score_psi" and sample.labels == {"model": "fake", "version": "7"}:
+            labels = {"model": "fake", "version": "7"}
+            if sample.name == "fraud_score_psi" and sample.labels == labels:
                 return sample.value
     return None
 

@@ -120,7 +120,7 @@ def test_the_served_models_and_the_default_come_from_the_repository(tmp_path: Pa
     assert resolve_models(tmp_path, (), None) == ([NAME], NAME)
     assert resolve_models(tmp_path, ("other",), None) == (["other"], "other")
     (tmp_path / "second" / "1").mkdir(parents=True)
-    with pytest.raises(SettingsError, match="FRAUD_DEFAULT_MODEL must name .* second"):
+    with pytest.raises(SettingsError, match=r"FRAUD_DEFAULT_MODEL must name .* second"):
         resolve_models(tmp_path, (), None)
     assert resolve_models(tmp_path, (), "second") == ([NAME, "second"], "second")
     assert resolve_models(tmp_path, ("second", NAME), NAME)[0] == ["second", NAME]
