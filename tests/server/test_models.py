@@ -33,9 +33,7 @@ def wallet_scorer() -> FakeScorer:
 
 
 def make_client(**settings: Any) -> TestClient:
-    app = create_app(
-        Settings(api_keys=(KEY,), **settings), scorers=[FakeScorer(), wallet_scorer()]
-    )
+    app = create_app(Settings(api_keys=(KEY,), **settings), scorers=[FakeScorer(), wallet_scorer()])
     return TestClient(app, raise_server_exceptions=False)
 
 
