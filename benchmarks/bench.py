@@ -44,12 +44,15 @@ from server.scorer import session_options
 LUA = ROOT / "benchmarks/wrk_post.lua"
 V1_SCORE = "/v1/score"
 V2_INFER = "/v2/models/{model}/infer"
+V1_NAMED = "/v1/models/{model}/score"
 SERVER = "server.app:create_app"
 # target: (uvicorn factory, route it is measured on, settings on top of the defaults)
 TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "floor": ("benchmarks.baselines.floor:create_app", V1_SCORE, {}),
     "server": (SERVER, V1_SCORE, {}),
     "server_v2": (SERVER, V2_INFER, {}),
+    # The named route, /v1/models/{name}/score: the same fast path as /v1/score.
+    "server_named": (SERVER, V1_NAMED, {}),
     "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE, {}),
     "keras_predict": ("benchmarks.baselines.fastapi_keras:create_app", V1_SCORE, {}),
     # Not run by default: what the server's own features cost (make bench-overhead),
@@ -62,6 +65,7 @@ DEFAULT_TARGETS = "floor,server,server_v2,fastapi_ort,keras_predict"
 # (target, baseline): requests/s ratios printed when both ran
 SHARES = (
     ("server_v2", "server"),
+    ("server_named", "server"),
     ("server", "server_no_metrics"),
     ("server_access_log", "server"),
 )
@@ -319,11 +323,13 @@ def main() -> int:
     mean = np.asarray(json.loads(meta["feature_mean"]))
     std = np.asarray(json.loads(meta["feature_std"]))
     rows = np.random.default_rng(args.seed).normal(mean, std, size=(DISTINCT_BODIES, len(mean)))
+    v1_bodies = [
+        json.dumps({"transaction_id": f"bench-{i}", "features": row.tolist()})
+        for i, row in enumerate(rows)
+    ]
     bodies = {
-        V1_SCORE: [
-            json.dumps({"transaction_id": f"bench-{i}", "features": row.tolist()})
-            for i, row in enumerate(rows)
-        ],
+        V1_SCORE: v1_bodies,
+        V1_NAMED: v1_bodies,
         V2_INFER: [
             json.dumps(
                 {

@@ -182,6 +182,11 @@ def report(results: Sequence[Result], shipped: Result | None, test_rows: int, fr
     return intro + "\n" + summary_table(results, shipped) + "\n" + seed_table(results)
 
 
+def markers(name: str) -> tuple[str, str]:
+    """The comment lines a page marks a model's table with: one pair per model."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
 def replace_between_markers(
     text: str, body: str, begin: str = README_BEGIN, end: str = README_END
 ) -> str:
@@ -198,6 +203,7 @@ def write_outputs(
     shipped: Result | None,
     model_dir: Path | None,
     readme: Path | None,
+    marker: str = "evaluation",
 ) -> None:
     if model_dir is not None:
         (model_dir / EVALUATION_MD).write_text("# Evaluation\n\n" + report_md)
@@ -209,14 +215,17 @@ def write_outputs(
             json.dumps(payload, indent=2, sort_keys=True) + "\n"
         )
     if readme is not None:
-        readme.write_text(replace_between_markers(readme.read_text(), report_md))
+        begin, end = markers(marker)
+        readme.write_text(replace_between_markers(readme.read_text(), report_md, begin, end))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.compare", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--csv", dest="csv_path", required=True, help="path to creditcard.csv")
+    parser.add_argument(
+        "--csv", dest="csv_path", help="path to creditcard.csv (the credit-card model only)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--runs", type=Path, default=Path("runs/evaluate"), help="LSTM-CNN runs")
     parser.add_argument(
@@ -226,9 +235,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--readme", type=Path, help="Markdown page with the evaluation markers (docs/models.md)"
     )
     parser.add_argument(
+        "--marker",
+        default="evaluation",
+        help="the markers' name: the table goes between <!-- NAME:begin --> and :end",
+    )
+    parser.add_argument(
         "--reference-onnx", type=Path, help="another model.onnx whose latency to set beside"
     )
     return parser.parse_args(argv)
+
+
+# Settings that do not change the trained model: where it was written and how much it printed.
+NOT_THE_MODEL = ("out_dir", "verbose")
+
+
+def same_model(saved: dict[str, object], config: TrainConfig) -> bool:
+    """Whether a run's saved config.json trains what `config` trains. Read back through
+    TrainConfig, so fields added since the run was made take their defaults."""
+    try:
+        before = TrainConfig(**saved).to_dict()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    now = config.to_dict()
+    return all(before[k] == now[k] for k in now if k not in NOT_THE_MODEL)
 
 
 def lstm_cnn_run(config: TrainConfig) -> Path:
@@ -240,7 +269,7 @@ def lstm_cnn_run(config: TrainConfig) -> Path:
     if not (
         (out / MODEL_FILE).exists()
         and saved.exists()
-        and json.loads(saved.read_text()) == config.to_dict()
+        and same_model(json.loads(saved.read_text()), config)
     ):
         run(config)
     return out
@@ -292,12 +321,14 @@ def onnx_predict(model_file: Path) -> Callable[[np.ndarray], np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from training.baselines import TRAINERS
-    from training.creditcard import load_creditcard
     from training.datasets import time_split
+    from training.train import load_dataset
 
     card = json.loads((args.model_dir / "config.json").read_text())
-    shipped_config = TrainConfig(**{**card, "csv_path": args.csv_path, "verbose": 0})
-    data = load_creditcard(args.csv_path)
+    given = {"csv_path": args.csv_path} if args.csv_path else {}
+    shipped_config = TrainConfig(**{**card, **given, "verbose": 0})
+    # The shipped model's own data: the credit-card file, the generator, or its table.
+    data = load_dataset(shipped_config)
     split = time_split(data, shipped_config.test_fraction, shipped_config.validation_fraction)
     validation = (split.validation.features, split.validation.labels)
     test = (split.test.features, split.test.labels)
@@ -340,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.reference_onnx.parent.name} ({ours / theirs:.2f} times).\n"
         )
     print(text)
-    write_outputs(text, results, shipped, args.model_dir, args.readme)
+    write_outputs(text, results, shipped, args.model_dir, args.readme, args.marker)
     return 0
 
 
