@@ -77,7 +77,7 @@ def test_metrics_add_up_over_two_workers(tiny_model_dir: Path, tmp_path: Path) -
     scored = []
     for state in files.values():
         requests = state["counters"]["fraud_requests"]["values"]
-        scored.append(sum(v for k, v in requests if k == ["/v1/score", "200"]))
+        scored.append(sum(v for k, v in requests if k == ["/v1/score", "tiny", "200"]))
     assert len(files) == 2 and all(n > 0 for n in scored), scored
 
 
@@ -141,9 +141,11 @@ def test_declines_reach_the_webhook_without_features(
         "transaction_id",
         "fraud_probability",
         "decision",
+        "model",
         "model_version",
         "time",
     }
+    assert first["model"] == "tiny"
     assert first["fraud_probability"] == answers[0].json()["fraud_probability"]
     assert metric(text, "fraud_alerts_total", result="sent") == 5
 
