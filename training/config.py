@@ -7,7 +7,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_SOURCES = ("synthetic", "creditcard")
+from training.table import check_column_choice
+
+DATA_SOURCES = ("synthetic", "creditcard", "table")
+# Only a table run has these; the presets fix their own columns.
+TABLE_FIELDS = (
+    "table_path",
+    "label_column",
+    "time_column",
+    "features",
+    "log_features",
+    "fill_missing",
+)
 
 
 @dataclass(frozen=True)
@@ -15,7 +26,14 @@ class TrainConfig:
     out_dir: str
     data: str = "synthetic"
     csv_path: str | None = None
-    model_name: str | None = None  # defaults to the data source's name
+    model_name: str | None = None  # defaults to the data source's name (a table's file stem)
+    # A table (data="table"): CSV or Parquet; see training/table.py for its rules.
+    table_path: str | None = None
+    label_column: str | None = None
+    time_column: str | None = None
+    features: tuple[str, ...] | None = None  # None: every numeric column but label and time
+    log_features: tuple[str, ...] = ()
+    fill_missing: str | None = None  # "median", or None: a missing cell is an error
     seed: int = 42
     synthetic_rows: int = 100_000
     # Time-ordered split: the latest `test_fraction` of rows is the test set; the
@@ -49,10 +67,39 @@ class TrainConfig:
     verbose: int = 2
 
     def __post_init__(self) -> None:
+        # config.json holds lists; the config holds tuples, so that a loaded config equals
+        # the one that wrote it.
+        for name in ("features", "log_features"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
         if self.data not in DATA_SOURCES:
             raise ValueError(f"data must be one of {DATA_SOURCES}, got {self.data!r}")
         if self.data == "creditcard" and not self.csv_path:
             raise ValueError("creditcard data needs csv_path")
+        if self.data == "table":
+            if not self.table_path:
+                raise ValueError("a table run needs table_path (--table)")
+            if not self.label_column or not self.time_column:
+                raise ValueError("a table run needs its label and time columns (--label, --time)")
+            check_column_choice(
+                self.label_column,
+                self.time_column,
+                self.features,
+                self.log_features,
+                self.fill_missing,
+            )
+        else:
+            given = [
+                name
+                for name in TABLE_FIELDS
+                if getattr(self, name) != TrainConfig.__dataclass_fields__[name].default
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to a table run only (--table)")
+        name = self.resolved_model_name
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
+            raise ValueError(f"model name {name!r} cannot be a folder name; pass --name")
         for name in ("test_fraction", "validation_fraction", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
@@ -76,10 +123,23 @@ class TrainConfig:
 
     @property
     def resolved_model_name(self) -> str:
-        return self.model_name or self.data
+        if self.model_name:
+            return self.model_name
+        if self.data == "table" and self.table_path:
+            return Path(self.table_path).stem
+        return self.data
 
     def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self) | {"model_name": self.resolved_model_name}
+        values = dataclasses.asdict(self) | {"model_name": self.resolved_model_name}
+        if self.data != "table":
+            # A preset's config.json stays as it was before tables existed, so a saved run
+            # still matches its config (training/compare.py reuses runs that do).
+            return {k: v for k, v in values.items() if k not in TABLE_FIELDS}
+        for name in ("features", "log_features"):
+            names = getattr(self, name)
+            if names is not None:
+                values[name] = list(names)
+        return values
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

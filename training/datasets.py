@@ -6,6 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# A time split needs at least this many frauds in each part: the fit rows to learn from,
+# validation to stop early and choose thresholds on, test to measure. With fewer, average
+# precision and the thresholds swing on a single case.
+MIN_FRAUDS_PER_PART = 3
+PART_NAMES = ("fit", "validation", "test")
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on. The message is the whole user-facing sentence."""
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -50,7 +60,12 @@ class Split:
     test: Dataset
 
 
-def time_split(data: Dataset, test_fraction: float, validation_fraction: float) -> Split:
+def time_split(
+    data: Dataset,
+    test_fraction: float,
+    validation_fraction: float,
+    min_frauds: int = MIN_FRAUDS_PER_PART,
+) -> Split:
     """Earliest rows to fit, then validation, then the latest rows to test.
 
     A random split would let the model see the future of the very fraud
@@ -62,15 +77,23 @@ def time_split(data: Dataset, test_fraction: float, validation_fraction: float) 
     test_start = _cut(ordered.times, round(n * (1.0 - test_fraction)))
     val_start = _cut(ordered.times, round(test_start * (1.0 - validation_fraction)))
     if not 0 < val_start < test_start < n:
-        raise ValueError(f"split of {n} rows leaves an empty part")
+        raise DataError(
+            f"a time split of {n} rows (test fraction {test_fraction}, validation fraction "
+            f"{validation_fraction}) leaves an empty part; use more rows"
+        )
     parts = Split(
         ordered.take(slice(0, val_start)),
         ordered.take(slice(val_start, test_start)),
         ordered.take(slice(test_start, n)),
     )
-    for name in ("fit", "validation", "test"):
-        if getattr(parts, name).labels.sum() == 0:
-            raise ValueError(f"the {name} part holds no fraud; use more rows")
+    frauds = {name: int(getattr(parts, name).labels.sum()) for name in PART_NAMES}
+    if min(frauds.values()) < min_frauds:
+        counts = ", ".join(f"{name} {count}" for name, count in frauds.items())
+        raise DataError(
+            f"too few frauds for a time split: {counts} (of {int(data.labels.sum())} in "
+            f"{n} rows); each part needs at least {min_frauds}. Use more rows or a longer "
+            "period with more fraud"
+        )
     return parts
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from training.config import TrainConfig
-from training.datasets import Dataset, time_split
+from training.datasets import Dataset, Split, time_split
 
 # Files a run writes into its output folder; export/ reads them by these names.
 CONFIG_FILE = "config.json"
@@ -35,6 +35,18 @@ def set_determinism(seed: int) -> None:
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
+    if config.data == "table":
+        from training.table import load_table
+
+        assert config.table_path and config.label_column and config.time_column  # TrainConfig
+        return load_table(
+            config.table_path,
+            label=config.label_column,
+            time=config.time_column,
+            features=config.features,
+            log_features=config.log_features,
+            fill_missing=config.fill_missing,
+        )
     if config.data == "creditcard":
         from training.creditcard import load_creditcard
 
@@ -49,45 +61,67 @@ def write_json(path: Path, payload: object) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def data_record(config: TrainConfig, data: Dataset, split: Split) -> dict[str, object]:
+    """data.json: where the rows came from and how the split cut them."""
+    record: dict[str, object] = {
+        "source": data.source,
+        "sha256": data.sha256,
+        "rows": len(data),
+        "frauds": int(data.labels.sum()),
+        "parts": {
+            name: {
+                "rows": len(part),
+                "frauds": int(part.labels.sum()),
+                "time_from": float(part.times[0]),
+                "time_to": float(part.times[-1]),
+            }
+            for name, part in (
+                ("fit", split.fit),
+                ("validation", split.validation),
+                ("test", split.test),
+            )
+        },
+    }
+    if config.data == "table":
+        missing = np.isnan(data.features).sum(axis=0)
+        record["table"] = {
+            "path": config.table_path,
+            "label": config.label_column,
+            "time": config.time_column,
+            "features": list(data.feature_names),
+            "log_features": list(data.log_features),
+            "fill_missing": config.fill_missing,
+            "missing_cells": {
+                name: int(count)
+                for name, count in zip(data.feature_names, missing, strict=True)
+                if count
+            },
+        }
+    return record
+
+
 def run(config: TrainConfig) -> dict[str, object]:
+    """Train and write the run's files. The data is read, split and fitted first, so that a
+    bad table fails in seconds and leaves nothing behind."""
+    from training.preprocessing import Preprocessing
+
+    data = load_dataset(config)
+    split = time_split(data, config.test_fraction, config.validation_fraction)
+    prep = Preprocessing.fit(
+        split.fit.features, data.feature_names, data.log_features, config.fill_missing
+    )
+
     set_determinism(config.seed)
     import keras
 
     from training.evaluation import choose_thresholds, evaluate
     from training.model import average_members, build_model
     from training.plots import save_curves
-    from training.preprocessing import Preprocessing
 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
-
-    data = load_dataset(config)
-    split = time_split(data, config.test_fraction, config.validation_fraction)
-    write_json(
-        out / DATA_FILE,
-        {
-            "source": data.source,
-            "sha256": data.sha256,
-            "rows": len(data),
-            "frauds": int(data.labels.sum()),
-            "parts": {
-                name: {
-                    "rows": len(part),
-                    "frauds": int(part.labels.sum()),
-                    "time_from": float(part.times[0]),
-                    "time_to": float(part.times[-1]),
-                }
-                for name, part in (
-                    ("fit", split.fit),
-                    ("validation", split.validation),
-                    ("test", split.test),
-                )
-            },
-        },
-    )
-
-    prep = Preprocessing.fit(split.fit.features, data.feature_names, data.log_features)
+    write_json(out / DATA_FILE, data_record(config, data, split))
     prep.save(out / PREPROCESSING_FILE)
     x_fit, x_val, x_test = (
         prep.transform(p.features) for p in (split.fit, split.validation, split.test)

@@ -97,7 +97,7 @@ def test_split_needs_fraud_in_every_part(tmp_path: Path) -> None:
         data.source,
         data.sha256,
     )
-    with pytest.raises(ValueError, match="no fraud"):
+    with pytest.raises(ValueError, match="too few frauds for a time split: fit 0, validation 0"):
         time_split(no_fraud, 0.2, 0.2)
 
 
