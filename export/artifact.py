@@ -20,6 +20,8 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 SCORE_BINS = 10
+# Present only when the graph fills missing inputs (training's --fill-missing).
+MISSING_VALUES_KEY = "missing_values"
 
 
 def tool_versions() -> dict[str, str]:
@@ -57,7 +59,16 @@ def build_metadata(
         "data_sha256": str(data["sha256"]),
         "tool_versions": dump(tool_versions()),
         "score_reference": dump(score_reference),
-    }
+    } | missing_values_metadata(prep)
+
+
+def missing_values_metadata(prep: Preprocessing) -> dict[str, str]:
+    """`missing_values` = {"strategy": "median", "fill": [one float per feature]} when the
+    graph fills missing (non-finite) inputs; absent when it does not, as in older artifacts."""
+    values = prep.missing_values()
+    if values is None:
+        return {}
+    return {MISSING_VALUES_KEY: json.dumps(values, sort_keys=True, separators=(",", ":"))}
 
 
 def build_score_reference(

@@ -39,12 +39,17 @@ def pick_samples(
     legitimate: int = 48,
     seed: int = 0,
 ) -> dict[str, object]:
-    """Real rows from the test period, for load tests and for trying the model by hand."""
+    """Real rows from the test period, for load tests and for trying the model by hand.
+
+    Only rows with every feature present: JSON has no NaN, and a sample must be sendable."""
     rng = np.random.default_rng(seed)
+    complete = np.isfinite(rows).all(axis=1)
+    fraud = np.flatnonzero((labels == 1) & complete)
+    legit = np.flatnonzero((labels == 0) & complete)
     chosen = np.concatenate(
         [
-            rng.choice(np.flatnonzero(labels == 1), min(frauds, int(labels.sum())), replace=False),
-            rng.choice(np.flatnonzero(labels == 0), legitimate, replace=False),
+            rng.choice(fraud, min(frauds, len(fraud)), replace=False),
+            rng.choice(legit, min(legitimate, len(legit)), replace=False),
         ]
     )
     chosen.sort()

@@ -21,9 +21,17 @@ def serving_function(model: tf.keras.Model, prep: Preprocessing) -> tf.types.exp
     log_mask = np.array(prep.log_mask, dtype=np.float32)
     mean = np.array(prep.mean, dtype=np.float32)
     std = np.array(prep.std, dtype=np.float32)
+    fill = np.array(prep.fill_values, dtype=np.float32) if prep.fill_values else None
 
     @tf.function(input_signature=[tf.TensorSpec([None, n], tf.float32, name=INPUT_NAME)])
     def serve(raw: tf.Tensor) -> dict[str, tf.Tensor]:
+        if fill is not None:
+            # A missing cell arrives as NaN (or +-inf): it takes the feature's fill value
+            # before the log and the scaling, as Preprocessing.transform does. One where per
+            # test: tf2onnx keeps a Select whose condition is IsNaN or IsInf itself as an ONNX
+            # Where, but turns any other into cond * x + (1 - cond) * y, where NaN * 0 = NaN.
+            raw = tf.where(tf.math.is_nan(raw), fill, raw)
+            raw = tf.where(tf.math.is_inf(raw), fill, raw)
         # log(|x| + 1) rather than log1p: ONNX opset 17 has no Log1p op.
         logged = tf.sign(raw) * tf.math.log(tf.abs(raw) + 1.0)
         x = raw * (1.0 - log_mask) + logged * log_mask
