@@ -51,9 +51,22 @@ data: data/creditcard.csv
 data/creditcard.csv:
 	$(PYTHON) -m training.fetch_creditcard --dest $@
 
-train: $(VENV)/.installed data
+# The credit-card preset, or with TABLE=path.csv|.parquet LABEL=col TIME=col RUN_DIR=runs/name
+# [FEATURES=a,b] [LOG_FEATURES=x] [FILL_MISSING=median] [NAME=n] a table of your own (which
+# needs no data/creditcard.csv). TRAIN_FLAGS passes more flags, e.g. "--epochs 10".
+train: $(VENV)/.installed $(if $(TABLE),,data)
+ifdef TABLE
+	$(if $(LABEL),,$(error TABLE needs LABEL=<fraud column>))
+	$(if $(TIME),,$(error TABLE needs TIME=<time column>))
+	$(if $(filter file,$(origin RUN_DIR)),$(error TABLE needs RUN_DIR=runs/<name>))
+	$(VENV)/bin/python -m training --table "$(TABLE)" --label "$(LABEL)" --time "$(TIME)" \
+		$(if $(FEATURES),--features "$(FEATURES)") $(if $(LOG_FEATURES),--log-features "$(LOG_FEATURES)") \
+		$(if $(FILL_MISSING),--fill-missing "$(FILL_MISSING)") $(if $(NAME),--name "$(NAME)") \
+		--out "$(RUN_DIR)" --seed $(TRAIN_SEED) $(TRAIN_FLAGS)
+else
 	$(VENV)/bin/python -m training --data creditcard --csv data/creditcard.csv --out $(RUN_DIR) \
-		--seed $(TRAIN_SEED)
+		--seed $(TRAIN_SEED) $(TRAIN_FLAGS)
+endif
 
 # Writes the next version; `make export EXPORT_FLAGS="--version 1 --force"` rewrites one.
 export: $(VENV)/.installed
