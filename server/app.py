@@ -363,6 +363,7 @@ def create_app(
                 info.input_name,
                 info.output_name,
                 several_models=len(state.snapshots) > 1,
+                model_names=tuple(state.snapshots),
             )
         )
 

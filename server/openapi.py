@@ -250,6 +250,7 @@ def openapi_document(
     input_name: str = "features",
     output_name: str = "fraud_probability",
     several_models: bool = False,
+    model_names: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The document for a default model with these features and this batch (and v2 row)
     limit; with `several_models`, what all models share takes any width and names."""
@@ -277,7 +278,9 @@ def openapi_document(
                 None if several_models else output_name,
             ),
             "parameters": {
-                "Name": path_param | {"name": "name"},
+                "Name": path_param
+                | {"name": "name", "description": "A served model."}
+                | ({"examples": {n: {"value": n} for n in model_names}} if model_names else {}),
                 "Version": path_param | {"name": "version"},
                 "PinnedVersion": {
                     "in": "query",

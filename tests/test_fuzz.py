@@ -4,6 +4,7 @@ and v2 route, with a valid key. No 5xx, and every answer matches the document.""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_API_KEY, LiveServer, start_server, stop_server
+from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 MIN_REQUESTS = 1000
@@ -22,10 +23,24 @@ MIN_REQUESTS = 1000
 EXCLUDED_CHECKS = "positive_data_acceptance,negative_data_rejection"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    log = tmp_path_factory.mktemp("fuzz") / "uvicorn.log"
-    live = start_server(tiny_model_dir, log)
+MOBILE_MONEY = ROOT / "models" / "mobile-money" / "1"
+
+
+@pytest.fixture(scope="module", params=["one model", "two models"])
+def server(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    if request.param == "one model":
+        live = start_server(tiny_model_dir, folder / "uvicorn.log")
+    else:
+        # The tiny model as the default beside a shipped one of another width: the named
+        # routes and every schema shared by both models are fuzzed too.
+        repository = folder / "repo"
+        shutil.copytree(tiny_model_dir, repository / "tiny" / "1")
+        shutil.copytree(MOBILE_MONEY, repository / "mobile-money" / "1")
+        env = {"FRAUD_MODEL_NAME": "", "FRAUD_DEFAULT_MODEL": "tiny"}
+        live = start_server(repository / "tiny" / "1", folder / "uvicorn.log", env)
     yield live
     stop_server(live)
 
