@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 
@@ -24,8 +25,15 @@ SCORE_BINS = 10
 MISSING_VALUES_KEY = "missing_values"
 
 
-def tool_versions() -> dict[str, str]:
-    return {name: package_metadata.version(name) for name in TOOLS}
+def tool_versions(
+    tools: Sequence[str] = TOOLS, producer: tuple[str, str] | None = None
+) -> dict[str, str]:
+    """The installed versions of `tools`; for a model another toolkit made, `producer` is
+    its file's (producer_name, producer_version), recorded as one more name -> version."""
+    versions = {name: package_metadata.version(name) for name in tools}
+    if producer is not None:
+        versions[producer[0] or "unknown producer"] = producer[1] or "unknown"
+    return versions
 
 
 def build_metadata(
@@ -37,8 +45,11 @@ def build_metadata(
     data: dict[str, object],
     created_at: str,
     score_reference: dict[str, object],
+    tools: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Every value is a string (ONNX metadata_props); structured ones are JSON."""
+    """Every value is a string (ONNX metadata_props); structured ones are JSON.
+
+    `tools` replaces tool_versions() for a model this project did not convert itself."""
 
     def dump(value: object) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -57,7 +68,7 @@ def build_metadata(
         "created_at": created_at,
         "data_source": str(data["source"]),
         "data_sha256": str(data["sha256"]),
-        "tool_versions": dump(tool_versions()),
+        "tool_versions": dump(tool_versions() if tools is None else tools),
         "score_reference": dump(score_reference),
     } | missing_values_metadata(prep)
 
