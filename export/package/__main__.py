@@ -1,0 +1,3 @@
+from export.package.cli import main
+
+raise SystemExit(main())
