@@ -364,6 +364,10 @@ def create_app(
                 info.output_name,
                 several_models=len(state.snapshots) > 1,
                 model_names=tuple(state.snapshots),
+                missing_allowed=info.fills_missing,
+                any_missing_allowed=any(
+                    s.latest.info.fills_missing for s in state.snapshots.values()
+                ),
             )
         )
 

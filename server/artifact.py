@@ -33,6 +33,8 @@ REQUIRED_KEYS = (
 )
 # Optional: artifacts exported before score drift existed lack it and still load.
 SCORE_REFERENCE_KEY = "score_reference"
+# Optional: present when the graph fills missing (NaN) inputs itself, with the fill values.
+MISSING_VALUES_KEY = "missing_values"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class ModelInfo:
     runtime: str = ""  # the library that runs the model, with its version
     # (edges, proportions) of the test-split scores at export, for server/drift.py.
     score_reference: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # The graph replaces a NaN input by a value chosen at training: requests may leave a
+    # feature out (null, or absent from the object form).
+    fills_missing: bool = False
 
 
 def read_model_bytes(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
@@ -94,6 +99,7 @@ def parse_metadata(meta: dict[str, str], sha256: str) -> ModelInfo:
             created_at=meta["created_at"],
             sha256=sha256,
             score_reference=parse_score_reference(meta.get(SCORE_REFERENCE_KEY)),
+            fills_missing=parse_missing_values(meta.get(MISSING_VALUES_KEY), len(names)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"model metadata is malformed: {exc}") from exc
@@ -104,6 +110,22 @@ def parse_metadata(meta: dict[str, str], sha256: str) -> ModelInfo:
     if not 0.0 <= info.review_threshold <= info.decline_threshold <= 1.0:
         raise ArtifactError("thresholds must satisfy 0 <= review <= decline <= 1")
     return info
+
+
+def parse_missing_values(value: str | None, n_features: int) -> bool:
+    """JSON {"strategy": str, "fill": [one number per feature]} -> True; absent -> False."""
+    if value is None:
+        return False
+    try:
+        missing = json.loads(value)
+        fill = missing["fill"]
+        if type(missing["strategy"]) is not str or type(fill) is not list:
+            raise TypeError("strategy must be a string and fill a list")
+        if len(fill) != n_features or not all(type(v) in (int, float) for v in fill):
+            raise ValueError(f"fill must hold {n_features} numbers")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{MISSING_VALUES_KEY} is malformed: {exc!r}") from exc
+    return True
 
 
 def parse_score_reference(value: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -251,6 +251,8 @@ def openapi_document(
     output_name: str = "fraud_probability",
     several_models: bool = False,
     model_names: tuple[str, ...] = (),
+    missing_allowed: bool = False,
+    any_missing_allowed: bool = False,
 ) -> dict[str, Any]:
     """The document for a default model with these features and this batch (and v2 row)
     limit; with `several_models`, what all models share takes any width and names."""
@@ -269,7 +271,9 @@ def openapi_document(
         },
         "paths": paths(feature_names),
         "components": {
-            "schemas": score_schemas(feature_names, max_batch_items)
+            "schemas": score_schemas(
+                feature_names, max_batch_items, missing_allowed, any_missing_allowed
+            )
             | model_schemas(width)
             | v2_schemas(
                 width,

@@ -49,20 +49,36 @@ def float32() -> Schema:
     return {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
 
 
-def score_schemas(names: tuple[str, ...], max_items: int) -> dict[str, Schema]:
-    """The default model's requests (exact), any model's (any width), and the answers."""
+def nullable(schema: Schema) -> Schema:
+    """A number, or null for a model whose graph fills missing inputs."""
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def score_schemas(
+    names: tuple[str, ...],
+    max_items: int,
+    missing_allowed: bool = False,
+    any_missing_allowed: bool = False,
+) -> dict[str, Schema]:
+    """The default model's requests (exact), any model's (any width), and the answers;
+    null values where the default model (or any served model) fills missing inputs."""
     n = len(names)
+    value = nullable(float32()) if missing_allowed else float32()
+    any_value = nullable(float32()) if any_missing_allowed else float32()
     transaction_id = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_TRANSACTION_ID}
     transaction_id |= {"description": "Echoed back; null if absent."}
     features = {
-        "oneOf": [array(float32(), n, n), obj(dict.fromkeys(names, float32()), closed=True)],
+        "oneOf": [
+            array(value, n, n),
+            obj(dict.fromkeys(names, value), names if missing_allowed else (), closed=True),
+        ],
         "description": f"Finite numbers within float32 range: an array in model order "
         f"({', '.join(names)}) or an object naming every feature.",
     }
     any_features = {
         "oneOf": [
-            array(float32(), 1),
-            {"type": "object", "additionalProperties": float32(), "minProperties": 1},
+            array(any_value, 1),
+            {"type": "object", "additionalProperties": any_value, "minProperties": 1},
         ],
         "description": "Finite numbers within float32 range: an array in the model's order or "
         "an object naming every feature (GET /v1/models/{name} lists them).",

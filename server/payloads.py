@@ -96,8 +96,10 @@ def parse_transaction_id(value: Any, field: str) -> str | None:
     return value
 
 
-def _check_number(value: Any, field: str) -> float:
+def _check_number(value: Any, field: str, missing_allowed: bool = False) -> float:
     kind = type(value)
+    if value is None and missing_allowed:
+        return math.nan  # the model's graph fills it
     if kind is not float and kind is not int:  # bool is a distinct type and fails here
         raise InvalidRequest(f"must be a number, got {_json_type(value)}", field=field)
     number = float(value)
@@ -115,14 +117,18 @@ def all_valid_numbers(values: list[Any]) -> bool:
     )
 
 
-def parse_features(value: Any, names: tuple[str, ...], field: str = "features") -> list[float]:
+def parse_features(
+    value: Any, names: tuple[str, ...], field: str = "features", missing_allowed: bool = False
+) -> list[float]:
+    """The row in model order. With `missing_allowed` (a model that fills missing inputs
+    itself), null and, in the object form, an absent feature become NaN."""
     if type(value) is list:
         if len(value) != len(names):
             raise InvalidRequest(f"expected {len(names)} features, got {len(value)}", field=field)
         if all_valid_numbers(value):
             return value
-        # Something is wrong: find which value, for a precise error.
-        return [_check_number(v, f"{field}[{i}]") for i, v in enumerate(value)]
+        # Something is wrong, or missing: find which value, for a precise error.
+        return [_check_number(v, f"{field}[{i}]", missing_allowed) for i, v in enumerate(value)]
     if type(value) is dict:
         unknown = [key for key in value if key not in names]
         if unknown:
@@ -130,14 +136,17 @@ def parse_features(value: Any, names: tuple[str, ...], field: str = "features") 
                 f"unknown feature {shown(unknown[0])}", field=f"{field}.{unknown[0][:40]}"
             )
         missing = [name for name in names if name not in value]
-        if missing:
+        if missing and not missing_allowed:
             raise InvalidRequest(
                 f"missing feature(s): {', '.join(missing)}", field=f"{field}.{missing[0]}"
             )
-        ordered = [value[name] for name in names]
+        ordered: list[Any] = [value.get(name) for name in names]
         if all_valid_numbers(ordered):
             return ordered
-        return [_check_number(value[name], f"{field}.{name}") for name in names]
+        return [
+            _check_number(v, f"{field}.{name}", missing_allowed)
+            for name, v in zip(names, ordered, strict=True)
+        ]
     if value is None:
         raise InvalidRequest("features is required", field=field)
     raise InvalidRequest(
@@ -147,7 +156,9 @@ def parse_features(value: Any, names: tuple[str, ...], field: str = "features") 
     )
 
 
-def parse_score_request(payload: Any, names: tuple[str, ...], where: str = "") -> ScoreRequest:
+def parse_score_request(
+    payload: Any, names: tuple[str, ...], where: str = "", missing_allowed: bool = False
+) -> ScoreRequest:
     """One transaction; `where` prefixes field names ("transactions[3].") inside a batch."""
     if type(payload) is not dict:
         raise InvalidRequest(
@@ -162,11 +173,13 @@ def parse_score_request(payload: Any, names: tuple[str, ...], where: str = "") -
         transaction_id=parse_transaction_id(
             payload.get("transaction_id"), where + "transaction_id"
         ),
-        features=parse_features(payload["features"], names, where + "features"),
+        features=parse_features(payload["features"], names, where + "features", missing_allowed),
     )
 
 
-def parse_batch_request(payload: Any, names: tuple[str, ...], max_items: int) -> list[ScoreRequest]:
+def parse_batch_request(
+    payload: Any, names: tuple[str, ...], max_items: int, missing_allowed: bool = False
+) -> list[ScoreRequest]:
     if type(payload) is not dict:
         raise InvalidRequest(f"the body must be a JSON object, got {_json_type(payload)}")
     for key in payload:
@@ -182,7 +195,8 @@ def parse_batch_request(payload: Any, names: tuple[str, ...], max_items: int) ->
     requests = []
     for index, item in enumerate(items):
         try:
-            requests.append(parse_score_request(item, names, f"transactions[{index}]."))
+            where = f"transactions[{index}]."
+            requests.append(parse_score_request(item, names, where, missing_allowed))
         except InvalidRequest as exc:
             raise InvalidRequest(f"transaction {index}: {exc.message}", field=exc.field) from None
     return requests

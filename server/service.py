@@ -84,7 +84,9 @@ class ScoringService:
 
     async def score(self, payload: Any, stamps: list[float] | None = None) -> dict[str, Any]:
         """One transaction. `stamps`, for metrics, gets the time it is validated."""
-        request = parse_score_request(payload, self.info.feature_names)
+        request = parse_score_request(
+            payload, self.info.feature_names, missing_allowed=self.info.fills_missing
+        )
         rows = np.asarray([request.features], np.float32)
         if stamps is not None:
             stamps[VALIDATED] = perf_counter()
@@ -92,7 +94,9 @@ class ScoringService:
         return self._result(request, float(probabilities[0]), self._unusual_row(request.features))
 
     async def score_batch(self, payload: Any, stamps: list[float] | None = None) -> dict[str, Any]:
-        requests = parse_batch_request(payload, self.info.feature_names, self.max_batch_items)
+        requests = parse_batch_request(
+            payload, self.info.feature_names, self.max_batch_items, self.info.fills_missing
+        )
         rows = np.asarray([r.features for r in requests], np.float32)
         if stamps is not None:
             stamps[VALIDATED] = perf_counter()
@@ -124,7 +128,8 @@ class ScoringService:
         if all(map(operator.le, low, values)) and all(map(operator.le, values, high)):
             return []
         names = self.info.feature_names
-        return [names[i] for i, v in enumerate(values) if not low[i] <= v <= high[i]]
+        # v == v is false for NaN: a missing value (filled by the model) is not unusual.
+        return [names[i] for i, v in enumerate(values) if not low[i] <= v <= high[i] and v == v]
 
     def _unusual(self, rows: np.ndarray) -> list[list[str]]:
         """Per row, the names of the features outside the training distribution."""

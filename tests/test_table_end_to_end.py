@@ -128,8 +128,7 @@ def test_served_probability_equals_onnxruntime(
 ) -> None:
     _, run, model_dir = table_run
     rows = np.load(run / "test_rows.npz")["features"]
-    # The server does not take null for a feature yet: complete rows only.
-    rows = rows[np.isfinite(rows).all(axis=1)][:40]
+    rows = rows[np.isfinite(rows).all(axis=1)][:40]  # complete rows; missing ones below
     session = ort.InferenceSession(str(model_dir / "model.onnx"))
     direct = session.run(None, {"features": rows})[0].ravel()
     with table_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
@@ -139,6 +138,31 @@ def test_served_probability_equals_onnxruntime(
             answer = client.post("/v1/score", json={"features": named})
             assert answer.status_code == 200, answer.text
             assert abs(answer.json()["fraud_probability"] - float(direct[i])) <= 1e-6
+
+
+def test_missing_features_are_served_as_the_graph_fills_them(
+    table_server: LiveServer, table_run: tuple[Path, Path, Path]
+) -> None:
+    """The model fills missing inputs, so the server takes null (or, by name, an absent
+    feature) for them: the answer equals onnxruntime's on the row with NaN there."""
+    _, run, model_dir = table_run
+    rows = np.load(run / "test_rows.npz")["features"][:20].copy()
+    rows[:, 0] = np.nan  # amount, the first feature, missing in every row
+    session = ort.InferenceSession(str(model_dir / "model.onnx"))
+    direct = session.run(None, {"features": rows})[0].ravel()
+    with table_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+        for i, row in enumerate(rows):
+            values = [None if np.isnan(v) else float(v) for v in row]
+            as_null = client.post("/v1/score", json={"features": values})
+            named = {n: v for n, v in zip(FEATURES, values, strict=True) if v is not None}
+            absent = client.post("/v1/score", json={"features": named})
+            for answer in (as_null, absent):
+                assert answer.status_code == 200, answer.text
+                assert abs(answer.json()["fraud_probability"] - float(direct[i])) <= 1e-6
+                assert answer.json()["unusual_features"] == []  # missing is not unusual
+        # Still refused: a string, and NaN spelled out.
+        bad = client.post("/v1/score", json={"features": ["x", *values[1:]]})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "features[0]"
 
 
 def test_onnx_fills_missing_inputs_as_numpy_does(table_run: tuple[Path, Path, Path]) -> None:

@@ -155,3 +155,27 @@ def test_a_malformed_score_reference_is_refused(model_copy: Path, value: str) ->
     edit_metadata(model_copy, {"score_reference": value})
     with pytest.raises(ArtifactError, match="score_reference is malformed"):
         OnnxScorer.load(model_copy)
+
+
+def test_missing_values_say_whether_the_graph_fills_them(model_copy: Path) -> None:
+    assert OnnxScorer.load(model_copy).info.fills_missing is False
+    width = len(OnnxScorer.load(model_copy).info.feature_names)
+    fill = json.dumps({"strategy": "median", "fill": [0.0] * width})
+    edit_metadata(model_copy, {"missing_values": fill})
+    assert OnnxScorer.load(model_copy).info.fills_missing is True
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        json.dumps({"strategy": "median"}),
+        json.dumps({"strategy": "median", "fill": [0.0]}),  # one value, not one per feature
+        json.dumps({"strategy": 1, "fill": []}),
+        json.dumps({"strategy": "median", "fill": "0"}),
+    ],
+)
+def test_malformed_missing_values_are_refused(model_copy: Path, value: str) -> None:
+    edit_metadata(model_copy, {"missing_values": value})
+    with pytest.raises(ArtifactError, match="missing_values is malformed"):
+        OnnxScorer.load(model_copy)

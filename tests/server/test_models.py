@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -193,3 +194,41 @@ def test_the_document_describes_the_named_routes_for_any_model() -> None:
         "$ref": "#/components/schemas/NamedScoreRequest"
     }
     assert "404" in named["responses"]
+
+
+def test_a_model_that_fills_missing_inputs_takes_null_and_absent_features() -> None:
+    filling = FakeScorer()
+    filling.info = fake_info(name="filling", fills_missing=True)
+    app = create_app(Settings(api_keys=(KEY,)), scorers=[FakeScorer(), filling])
+    with TestClient(app, raise_server_exceptions=False) as client:
+        null = client.post(
+            "/v1/models/filling/score", json={"features": [0.2, None, 1]}, headers=HEADERS
+        )
+        absent = client.post(
+            "/v1/models/filling/score/batch",
+            json={"transactions": [{"features": {"amount": 0.2, "distance": 1}}]},
+            headers=HEADERS,
+        )
+        # The fake model sees NaN where the feature is missing; a real graph fills it.
+        assert null.status_code == 200 and absent.status_code == 200
+        assert null.json()["unusual_features"] == []
+        rows = np.concatenate(filling.calls)
+        assert np.isnan(rows[:, 1]).all() and not np.isnan(rows[:, [0, 2]]).any()
+        # A model that does not fill them still refuses both, naming the feature.
+        refused = client.post("/v1/score", json={"features": [0.2, None, 1]}, headers=HEADERS)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["field"] == "features[1]"
+        gone = client.post(
+            "/v1/score", json={"features": {"amount": 0.2, "distance": 1}}, headers=HEADERS
+        )
+        assert gone.status_code == 422 and "missing feature(s): hour" in gone.text
+        # Still not a number: a string is refused by the filling model too.
+        text = client.post(
+            "/v1/models/filling/score", json={"features": [0.2, "x", 1]}, headers=HEADERS
+        )
+        assert text.status_code == 422 and text.json()["error"]["field"] == "features[1]"
+        document = client.get("/openapi.json").json()["components"]["schemas"]
+    named = document["NamedScoreRequest"]["properties"]["features"]["oneOf"][0]["items"]
+    assert {"type": "null"} in named["oneOf"]  # one served model fills missing inputs
+    default = document["ScoreRequest"]["properties"]["features"]["oneOf"][0]["items"]
+    assert "oneOf" not in default  # the default model does not
