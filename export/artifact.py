@@ -10,12 +10,20 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.convert import INPUT_NAME, OPSET, OUTPUT_NAME
 from training.preprocessing import Preprocessing
 
+if TYPE_CHECKING:
+    import onnx
+
+# The graph's names and opset: export/convert.py builds to them, and a packaged model from
+# another toolkit is rewritten to them. Here, free of TensorFlow, so packaging needs none.
+OPSET = 17
+INPUT_NAME = "features"
+OUTPUT_NAME = "fraud_probability"
 SCHEMA_VERSION = "1"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -124,3 +132,13 @@ def build_manifest(
 
 def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def embed_metadata(proto: onnx.ModelProto, metadata: dict[str, str], version: str) -> None:
+    del proto.metadata_props[:]
+    for key in sorted(metadata):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, metadata[key]
+    proto.producer_name = "fraud-scoring-export"
+    if version.isdigit():
+        proto.model_version = int(version)

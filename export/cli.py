@@ -76,7 +76,7 @@ def onnx_scores(proto: onnx.ModelProto, rows: np.ndarray, batch: int = 4096) -> 
     """The graph's probabilities for raw rows: what the server will see for them."""
     import onnxruntime as ort
 
-    from export.convert import INPUT_NAME, OUTPUT_NAME
+    from export.artifact import INPUT_NAME, OUTPUT_NAME
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     rows = rows.astype(np.float32)

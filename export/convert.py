@@ -7,11 +7,10 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
+from export.artifact import INPUT_NAME, OPSET, OUTPUT_NAME, embed_metadata
 from training.preprocessing import SCALED_LIMIT, Preprocessing
 
-OPSET = 17
-INPUT_NAME = "features"
-OUTPUT_NAME = "fraud_probability"
+__all__ = ["INPUT_NAME", "OPSET", "OUTPUT_NAME", "convert", "embed_metadata", "serving_function"]
 
 
 def serving_function(model: tf.keras.Model, prep: Preprocessing) -> tf.types.experimental.Function:
@@ -47,13 +46,3 @@ def convert(model: tf.keras.Model, prep: Preprocessing) -> onnx.ModelProto:
         serve, input_signature=serve.input_signature, opset=OPSET
     )
     return proto
-
-
-def embed_metadata(proto: onnx.ModelProto, metadata: dict[str, str], version: str) -> None:
-    del proto.metadata_props[:]
-    for key in sorted(metadata):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, metadata[key]
-    proto.producer_name = "fraud-scoring-export"
-    if version.isdigit():
-        proto.model_version = int(version)

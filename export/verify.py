@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.convert import INPUT_NAME, OPSET, OUTPUT_NAME
+from export.artifact import INPUT_NAME, OPSET, OUTPUT_NAME
 from training.preprocessing import Preprocessing
 
 PARITY_TOLERANCE = 1e-5

@@ -15,13 +15,15 @@ import onnx
 import onnxruntime as ort
 
 from export.artifact import (
+    INPUT_NAME,
+    OUTPUT_NAME,
     build_manifest,
     build_metadata,
     build_score_reference,
+    embed_metadata,
     tool_versions,
 )
 from export.cli import pick_samples
-from export.convert import INPUT_NAME, OUTPUT_NAME, embed_metadata
 from export.package.signature import PackageError, Signature, default_opset, first_line
 from training.datasets import MIN_FRAUDS_PER_PART, Dataset
 from training.evaluation import choose_thresholds, evaluate

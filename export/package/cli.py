@@ -11,13 +11,10 @@ every check passes; a refusal is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,22 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """TensorFlow, imported for export/'s constants only, logs from C++ to fd 2 on import;
-    a refusal should be the one line on stderr. Python's own errors still surface: the
-    exception propagates after fd 2 is back."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
     import onnx
 
@@ -122,15 +103,14 @@ def check_target(args: argparse.Namespace) -> Path:
 
 def package(args: argparse.Namespace) -> Path:
     """Check, rewrite, score; then write the version folder in one rename."""
-    with quiet_stderr():
-        from export.artifact import MANIFEST_FILE, MODEL_FILE, utc_now
-        from export.cli import SAMPLES_FILE, dump_samples
-        from export.package.card import build_package
-        from export.package.rewrite import adapt
-        from export.package.signature import check_features, inspect_model
-        from training import train as run_files
-        from training.plots import save_curves
-        from training.table import load_table
+    from export.artifact import MANIFEST_FILE, MODEL_FILE, utc_now
+    from export.cli import SAMPLES_FILE, dump_samples
+    from export.package.card import build_package
+    from export.package.rewrite import adapt
+    from export.package.signature import check_features, inspect_model
+    from training import train as run_files
+    from training.plots import save_curves
+    from training.table import load_table
 
     target = check_target(args)
     source, source_bytes = read_onnx(args.onnx)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import onnx
 from onnx import TensorProto, helper
 
-from export.convert import INPUT_NAME, OPSET, OUTPUT_NAME
+from export.artifact import INPUT_NAME, OPSET, OUTPUT_NAME
 from export.package.signature import PackageError, Signature, first_line
 
 
