@@ -5,6 +5,8 @@ SERVE_VENV ?= .venv-serve
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_REPOSITORY ?= models
+# Every model in the repository is served; this one answers /v1/score.
+DEFAULT_MODEL ?= creditcard
 RUN_DIR ?= runs/creditcard
 # The shipped model's seed: of seeds 1, 2 and 3 (make evaluate) it had the best validation
 # average precision (the test period played no part in the choice).
@@ -28,7 +30,9 @@ $(VENV)/.installed: requirements-serve.txt requirements-train.txt requirements-b
 serve: $(SERVE_VENV)/.installed
 	@echo "Development API key: $(DEV_API_KEY)"
 	@echo "Try: curl -s -X POST http://$(HOST):$(PORT)/v1/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/transaction.json"
-	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
+	@echo " or: curl -s -X POST http://$(HOST):$(PORT)/v1/models/mobile-money/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/mobile-money-transfer.json"
+	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_DEFAULT_MODEL=$(DEFAULT_MODEL) \
+		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol
 
