@@ -15,7 +15,7 @@ TRAIN_SEED ?= 2
 DEV_API_KEY ?= dev-key-change-me
 
 .PHONY: serve test browser data train export evaluate lint gate image-test bench bench-overhead \
-	bench-latency soak overload clean
+	bench-latency bench-routes soak overload clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -121,6 +121,12 @@ soak: $(VENV)/.installed $(SERVE_VENV)/.installed
 # Three times capacity for 20 s, open loop, then recovery (make test runs the same).
 overload: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.overload --overload-s 20 --out benchmarks/results/overload.json
+
+# The named route /v1/models/creditcard/score against /v1/score on one server serving both
+# shipped models, wrk alternating between them. Figures in benchmarks/results/routes.json.
+bench-routes: $(VENV)/.installed $(SERVE_VENV)/.installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/python -m benchmarks.routes
 
 bench-latency: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m benchmarks.latency
