@@ -74,7 +74,7 @@ endif
 
 # Writes the next version; `make export EXPORT_FLAGS="--version 1 --force"` rewrites one.
 export: $(VENV)/.installed
-	$(VENV)/bin/python -m export --run $(RUN_DIR) --out models $(EXPORT_FLAGS)
+	$(VENV)/bin/python -m export --run $(RUN_DIR) --out $(MODEL_REPOSITORY) $(EXPORT_FLAGS)
 
 # Side by side on the time split: the LSTM-CNN trained with each of EVAL_SEEDS (into
 # runs/evaluate, reused when already there), XGBoost and logistic regression on the same rows,
