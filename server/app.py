@@ -30,18 +30,17 @@ from starlette.types import ASGIApp
 from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
-from server.drift import ScoreDrift
+from server.collectors import (
+    alert_counters,
+    drift_of,
+    drift_windows,
+    repository_counters,
+    serving_gauges,
+)
 from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
 from server.logs import use_json_logs
-from server.metrics import (
-    DriftSource,
-    DriftWindow,
-    GaugeSource,
-    Labels,
-    Metrics,
-    MetricsExporter,
-)
+from server.metrics import Metrics, MetricsExporter
 from server.middleware import RequestContext, route_path
 from server.openapi import openapi_document
 from server.ratelimit import RateLimiter
@@ -156,102 +155,6 @@ def open_repositories(
     }
 
 
-def serving_gauges(state: ServerState) -> GaugeSource:
-    """What the served versions look like now, read at scrape time."""
-
-    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
-        snapshots = state.snapshots.values()
-        return {
-            "fraud_queue_depth": (
-                "Requests waiting for the model.",
-                ("model",),
-                {
-                    (snap.name,): float(sum(s.runner.queue_depth() for s in snap.services.values()))
-                    for snap in snapshots
-                },
-            ),
-            "fraud_model_info": (
-                "Served model versions (value 1); default marks the one used when unpinned.",
-                ("name", "version", "sha256", "default"),
-                {
-                    (s.info.name, v, s.info.sha256, str(s is snap.latest).lower()): 1.0
-                    for snap in snapshots
-                    for v, s in snap.services.items()
-                },
-            ),
-            "fraud_draining": (
-                "1 once SIGTERM was received and the server is draining.",
-                (),
-                {(): float(state.draining)},
-            ),
-        }
-
-    return collect
-
-
-def drift_of(state: ServerState) -> Callable[[str, str], ScoreDrift | None]:
-    """A served version's drift window, by model and version."""
-
-    def find(model: str, version: str) -> ScoreDrift | None:
-        snapshot = state.snapshots.get(model)
-        service = snapshot.services.get(version) if snapshot is not None else None
-        return service.drift if service is not None else None
-
-    return find
-
-
-def drift_windows(state: ServerState) -> DriftSource:
-    """Each served version's window of scores, per bin, beside its reference."""
-
-    def collect() -> dict[tuple[str, str], DriftWindow]:
-        return {
-            (name, version): DriftWindow(s.drift.counts(), s.drift.proportions, s.drift.min_count)
-            for name, snapshot in state.snapshots.items()
-            for version, s in snapshot.services.items()
-            if s.drift is not None
-        }
-
-    return collect
-
-
-def alert_counters(alerts: AlertSender) -> GaugeSource:
-    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
-        return {
-            "fraud_alerts": (
-                "Alert deliveries, one per URL: sent, retried, failed (after retries),"
-                " dropped (queue full).",
-                ("result",),
-                {
-                    ("sent",): alerts.sent,
-                    ("retried",): alerts.retried,
-                    ("failed",): alerts.failed,
-                    ("dropped",): alerts.dropped,
-                },
-            )
-        }
-
-    return collect
-
-
-def repository_counters(state: ServerState) -> GaugeSource:
-    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
-        if not state.repositories:
-            return {}
-        counts: dict[Labels, float] = {}
-        for name, repository in state.repositories.items():
-            counts[(name, "ok")] = repository.loads_ok
-            counts[(name, "refused")] = repository.loads_refused
-        return {
-            "fraud_model_loads": (
-                "Model version loads: ok, or refused by verification.",
-                ("model", "result"),
-                counts,
-            )
-        }
-
-    return collect
-
-
 def create_app(
     settings: Settings | None = None,
     scorer: Scorer | None = None,
@@ -295,6 +198,38 @@ def create_app(
     if settings.log_format == "json":
         use_json_logs()
 
+    async def load_models() -> None:
+        """Every model's versions loaded and published, or SettingsError naming the first
+        model with nothing servable: a server that is never ready should not start."""
+        if given:
+            names = [one.info.name for one in given]
+            state.default_model = settings.default_model or names[0]
+            if state.default_model not in names:
+                raise SettingsError(
+                    f"FRAUD_DEFAULT_MODEL {state.default_model!r} is not among the served"
+                    f" models ({', '.join(names)})"
+                )
+            for one in given:
+                service = make_service(one, settings, metrics, alerts)
+                service.runner.start()
+                state.publish(Snapshot(one.info.name, {one.info.version: service}))
+            return
+        state.repositories = open_repositories(settings, state, metrics, alerts)
+        for repository in state.repositories.values():
+            result = await repository.refresh()
+            if repository.name not in state.snapshots:
+                reasons = "".join(f"; version {v}: {r}" for v, r in result.refused.items())
+                raise SettingsError(
+                    f"no servable version of model {repository.name!r}"
+                    f" in {repository.model_root}{reasons}"
+                )
+
+    def close_runners() -> None:
+        snapshots, state.snapshots = state.snapshots, {}
+        for snapshot in snapshots.values():
+            for service in snapshot.services.values():
+                service.runner.close()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.insecure_disable_auth:
@@ -302,26 +237,17 @@ def create_app(
         tasks: list[asyncio.Task[None]] = []
         if alerts is not None:
             alerts.start()
-        if given:
-            state.default_model = settings.default_model or given[0].info.name
-            for one in given:
-                service = make_service(one, settings, metrics, alerts)
-                service.runner.start()
-                state.publish(Snapshot(one.info.name, {one.info.version: service}))
-        else:
-            state.repositories = open_repositories(settings, state, metrics, alerts)
+        try:
+            await load_models()
+        except BaseException:
+            # Models loaded before the one that failed: stop their runners before leaving.
+            close_runners()
+            if alerts is not None:
+                alerts.close(0.0)
+            raise
+        if settings.poll_interval_s > 0:
             for repository in state.repositories.values():
-                result = await repository.refresh()
-                if repository.name not in state.snapshots:
-                    # Nothing servable: stop start-up rather than run a server never ready.
-                    reasons = "".join(f"; version {v}: {r}" for v, r in result.refused.items())
-                    raise SettingsError(
-                        f"no servable version of model {repository.name!r}"
-                        f" in {repository.model_root}{reasons}"
-                    )
-                if settings.poll_interval_s > 0:
-                    watch = repository.watch(settings.poll_interval_s)
-                    tasks.append(asyncio.create_task(watch))
+                tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
         if metrics is not None:
             tasks.append(asyncio.create_task(metrics.keep_flushing()))
             metrics.drift_of = drift_of(state)
@@ -341,10 +267,7 @@ def create_app(
                 await task
         for repository in state.repositories.values():
             await repository.close()
-        snapshots, state.snapshots = state.snapshots, {}
-        for snapshot in snapshots.values():
-            for service in snapshot.services.values():
-                service.runner.close()
+        close_runners()
         if alerts is not None:
             # Off the loop: close() waits up to its timeout for queued alerts to go out.
             await anyio.to_thread.run_sync(alerts.close, ALERT_FLUSH_S)
@@ -393,7 +316,9 @@ def create_app(
     ]
 
     def outermost(app: ASGIApp) -> ASGIApp:
-        context = RequestContext(app, metrics, settings.access_log, state.is_draining)
+        context = RequestContext(
+            app, metrics, settings.access_log, state.is_draining, state.served_model
+        )
         return ScoringRoutes(
             context,
             state,

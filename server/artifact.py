@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,9 @@ def parse_missing_values(value: str | None, n_features: int) -> bool:
         fill = missing["fill"]
         if type(missing["strategy"]) is not str or type(fill) is not list:
             raise TypeError("strategy must be a string and fill a list")
-        if len(fill) != n_features or not all(type(v) in (int, float) for v in fill):
-            raise ValueError(f"fill must hold {n_features} numbers")
+        numbers = all(type(v) in (int, float) and math.isfinite(v) for v in fill)
+        if len(fill) != n_features or not numbers:
+            raise ValueError(f"fill must hold {n_features} finite numbers")
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{MISSING_VALUES_KEY} is malformed: {exc!r}") from exc
     return True

@@ -33,7 +33,7 @@ from server.errors import (
 )
 from server.metrics import BODY_READ, ENCODING, FINISHED, Metrics
 from server.middleware import CLOSE, REQUEST_ID, RequestContext, log_access, route_path
-from server.payloads import parse_json
+from server.payloads import parse_json, shown
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot
 from server.service import ScoringService
@@ -97,11 +97,12 @@ class ServerState:
     def ready_snapshot(self, model: str | None = None) -> Snapshot:
         """The versions of `model` (None: the default model): 404 for a model that is not
         served, 503 for one that is still loading."""
-        snapshot = self.snapshots.get(model or self.default_model or "")
+        snapshot = self.snapshots.get((self.default_model if model is None else model) or "")
         if snapshot is not None:
             return snapshot
         if model is not None and model not in self.repositories:
-            raise NotFound(f"unknown model {model!r} (serving: {', '.join(self.snapshots)})")
+            served = ", ".join(self.snapshots)
+            raise NotFound(f"unknown model {shown(model)} (serving: {served})")
         raise NotReady("the model is not loaded yet", headers={"Retry-After": "1"})
 
     def ready_service(self, version: str | None = None, model: str | None = None) -> ScoringService:

@@ -372,13 +372,7 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
         "drift": {},  # (model, version) -> window, once merged
     }
     for state, alive in zip(states, live, strict=True):
-        windows = state.get("drift", [])
-        pairs = (
-            windows.items()
-            if isinstance(windows, dict)
-            else (((w["model"], w["version"]), w) for w in windows)
-        )
-        for key, window in pairs if alive else ():
+        for key, window in _drift_windows(state) if alive else ():
             into = merged["drift"].get(key)
             if into is None or len(into["counts"]) != len(window["counts"]):
                 merged["drift"][key] = dict(window, counts=list(window["counts"]))
@@ -393,6 +387,9 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
                 into = merged[kind].setdefault(
                     name, {"help": family["help"], "labels": family["labels"], "values": {}}
                 )
+                if list(into["labels"]) != list(family["labels"]):
+                    # A file written by another version of the server: not added up.
+                    raise ValueError(f"{name} has labels {family['labels']}, not {into['labels']}")
                 values = family["values"]  # pairs as written, or a dict once merged
                 for labels, value in values.items() if isinstance(values, dict) else values:
                     key = tuple(labels)
@@ -408,6 +405,20 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
                     else:
                         into["values"][key] = into["values"].get(key, 0) + value
     return merged
+
+
+def _drift_windows(state: dict[str, Any]) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    """((model, version), window) pairs: from a worker's list, or from an earlier merge's
+    dict. ValueError for anything else (say, a file of an older format), so it is skipped."""
+    windows = state.get("drift", [])
+    if isinstance(windows, dict):
+        pairs = list(windows.items())
+    else:
+        pairs = [((w["model"], w["version"]), w) for w in windows]
+    for key, _ in pairs:
+        if not (type(key) is tuple and len(key) == 2 and all(type(k) is str for k in key)):
+            raise ValueError(f"a drift window is keyed {key!r}, not (model, version)")
+    return pairs
 
 
 def families(state: dict[str, Any]) -> Iterator[Metric]:
@@ -473,11 +484,12 @@ class MetricsExporter:
     def render(self) -> bytes:
         state = self.metrics.state()
         if self.directory is not None:
-            # This worker's own file first, then every file, its own included: all workers
-            # are read as of their last write, so a total never goes down between two
-            # scrapes answered by different workers.
+            # This worker's own file is rewritten first, then every worker is read as of its
+            # last write, so a total never goes down between two scrapes answered by
+            # different workers. Its own tallies go in first: they set the families' labels,
+            # so that a stray file of another format is the one skipped.
             self.dump(state)
-            merged = merge([], [])
+            merged = merge([state], [True])
             for other, alive in self._workers():
                 try:
                     merged = merge([merged, other], [True, alive])
@@ -495,6 +507,8 @@ class MetricsExporter:
             return
         now = time.time()
         for path in self.directory.glob("*.json"):
+            if path == self.file:
+                continue  # merged from memory, just as it was written
             try:
                 age = now - path.stat().st_mtime
                 yield json.loads(path.read_bytes()), age < LIVE_FILE_AGE_S

@@ -77,6 +77,14 @@ def route_label(path: str) -> str:
     return "other"
 
 
+def model_in_path(route: str, path: str) -> str:
+    """The {name} of a route template that has one ("" otherwise), from the path."""
+    if "{name}" not in route:
+        return ""
+    parts = path.split("/")
+    return parts[4] if route.startswith("/v2/repository/") else parts[3]
+
+
 def request_id_factory() -> Callable[[], bytes]:
     """Ids unique across processes and restarts, cheaper than uuid4 per request."""
     prefix = f"{os.getpid():x}{time.time_ns() % 0xFFFFFFFF:08x}-".encode()
@@ -112,11 +120,14 @@ class RequestContext:
         metrics: Metrics | None,
         access_log: bool,
         draining: Callable[[], bool],
+        served_model: Callable[[str], str] = lambda name: "",
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
         self.draining = draining
+        # A model name from the path -> itself if served, else "": the metrics' model label.
+        self.served_model = served_model
         self.new_id = request_id_factory()
 
     def request_id(self, given: bytes | None) -> bytes:
@@ -156,8 +167,10 @@ class RequestContext:
             seconds = time.perf_counter() - started
             logs.request_id.reset(token)
             if self.metrics is not None or self.access_log:
-                route = route_label(route_path(scope))
+                path = route_path(scope)
+                route = route_label(path)
                 if self.metrics is not None:
-                    self.metrics.count_request(route, status, seconds)
+                    model = self.served_model(model_in_path(route, path))
+                    self.metrics.count_request(route, status, seconds, model)
                 if self.access_log:
                     log_access(scope["method"], route, status, seconds, request_id)

@@ -87,3 +87,16 @@ class OnnxScorer:
             raise ArtifactError(f"warm-up failed: {exc}") from exc
         if not (np.isfinite(probability).all() and 0.0 <= probability[0] <= 1.0):
             raise ArtifactError(f"warm-up produced {probability!r}, not a probability")
+        if self.info.fills_missing:
+            # Its metadata says it fills missing inputs, so requests may send them: prove it,
+            # or a null feature would meet a model error instead of a score.
+            missing = np.full_like(row, np.nan)
+            try:
+                filled = self.predict(missing)
+            except Exception as exc:  # onnxruntime's errors
+                raise ArtifactError(f"warm-up on missing inputs failed: {exc}") from exc
+            if not (np.isfinite(filled).all() and 0.0 <= filled[0] <= 1.0):
+                raise ArtifactError(
+                    f"the metadata says missing inputs are filled, but a row of them scored"
+                    f" {filled!r}, not a probability"
+                )

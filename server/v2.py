@@ -24,6 +24,7 @@ from server.errors import (
     ServingError,
 )
 from server.metrics import Metrics
+from server.payloads import shown
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository
 from server.service import ScoringService
@@ -184,7 +185,7 @@ class V2Endpoints:
             name = request.path_params["name"]
             repository = repositories.get(name)
             if repository is None:
-                raise NotFound(f"unknown model {name!r} (serving: {', '.join(repositories)})")
+                raise NotFound(f"unknown model {shown(name)} (serving: {', '.join(repositories)})")
             result = await repository.refresh(force=True)
             snapshot = self.state.ready_snapshot(name)
         except ServingError as error:

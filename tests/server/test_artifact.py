@@ -157,12 +157,15 @@ def test_a_malformed_score_reference_is_refused(model_copy: Path, value: str) ->
         OnnxScorer.load(model_copy)
 
 
-def test_missing_values_say_whether_the_graph_fills_them(model_copy: Path) -> None:
+def test_a_model_claiming_to_fill_missing_inputs_must_fill_them(model_copy: Path) -> None:
+    """This graph does not fill them (a NaN input scores NaN): metadata saying it does would
+    let null features through to a model error, so the version is refused at load."""
     assert OnnxScorer.load(model_copy).info.fills_missing is False
     width = len(OnnxScorer.load(model_copy).info.feature_names)
     fill = json.dumps({"strategy": "median", "fill": [0.0] * width})
     edit_metadata(model_copy, {"missing_values": fill})
-    assert OnnxScorer.load(model_copy).info.fills_missing is True
+    with pytest.raises(ArtifactError, match="says missing inputs are filled"):
+        OnnxScorer.load(model_copy)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +176,7 @@ def test_missing_values_say_whether_the_graph_fills_them(model_copy: Path) -> No
         json.dumps({"strategy": "median", "fill": [0.0]}),  # one value, not one per feature
         json.dumps({"strategy": 1, "fill": []}),
         json.dumps({"strategy": "median", "fill": "0"}),
+        '{"strategy": "median", "fill": [NaN]}',
     ],
 )
 def test_malformed_missing_values_are_refused(model_copy: Path, value: str) -> None:

@@ -346,7 +346,32 @@ def test_a_stale_file_counts_for_counters_but_not_gauges(tmp_path: Path) -> None
     assert value(metrics, "fraud_queue_depth") == 2
 
 
-@pytest.mark.parametrize("content", [b'{"counters": {"fraud_requests": {"he', b"", b"\xff\xfe"])
+# Files of the format before metrics carried the model: drift keyed by version alone, and
+# requests labelled by route and status only. Added up, they would break or mislabel a scrape.
+OLD_DRIFT = {"counts": [1, 1], "proportions": [0.5, 0.5], "min_count": 1}
+OLD_FORMATS = [
+    json.dumps({"counters": {}, "gauges": {}, "histograms": {}, "drift": {"2": OLD_DRIFT}}),
+    json.dumps(
+        {
+            "counters": {
+                "fraud_requests": {
+                    "help": "Requests answered.",
+                    "labels": ["route", "status"],
+                    "values": [[["/v1/score", "200"], 5]],
+                }
+            },
+            "gauges": {},
+            "histograms": {},
+            "drift": [],
+        }
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"counters": {"fraud_requests": {"he', b"", b"\xff\xfe", *map(str.encode, OLD_FORMATS)],
+)
 def test_a_corrupt_file_is_skipped(tmp_path: Path, content: bytes) -> None:
     here, _ = exporters(tmp_path)
     (tmp_path / "4242-1.json").write_bytes(content)

@@ -3,6 +3,8 @@ listing, 404s naming the served models, v2 on every model, and per-model metrics
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from server.app import create_app
+from server.errors import SettingsError
 from server.settings import Settings
+from tests.conftest import ROOT
 from tests.server.fakes import FakeScorer, fake_info
 
 KEY = "models-test-key-0123"
@@ -159,6 +163,9 @@ def test_metrics_carry_the_model() -> None:
         client.post("/v1/models/wallet/score", json={"features": [0.1, 0]}, headers=HEADERS)
         client.post("/v1/models/wallet/score", json={"features": [9.0, 0]}, headers=HEADERS)
         client.post("/v1/models/nope/score", json={"features": [0.1]}, headers=HEADERS)
+        tensor = {"name": "features", "datatype": "FP32", "shape": [1, 2], "data": [0.1, 0]}
+        client.post("/v2/models/wallet/infer", json={"inputs": [tensor]}, headers=HEADERS)
+        client.get("/v2/models/nope")
         text = client.get("/metrics").text
     found = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -174,12 +181,15 @@ def test_metrics_carry_the_model() -> None:
     assert get("fraud_requests_total", route=route, model="wallet", status="200") == 3
     # An unknown name is counted without it: clients cannot grow the label set.
     assert get("fraud_requests_total", route=route, model="", status="404") == 1
+    v2 = "/v2/models/{name}/infer"
+    assert get("fraud_requests_total", route=v2, model="wallet", status="200") == 1
+    assert get("fraud_requests_total", route="/v2/models/{name}", model="", status="404") == 1
     assert get("fraud_decisions_total", model="fake", decision="DECLINE") == 1
     assert get("fraud_decisions_total", model="wallet", decision="DECLINE") == 2
     assert get("fraud_decisions_total", model="wallet", decision="APPROVE") == 1
     assert get("fraud_out_of_distribution_total", model="wallet") == 1
     assert get("fraud_out_of_distribution_total", model="fake") == 0
-    assert get("fraud_probability_count", model="wallet") == 3
+    assert get("fraud_probability_count", model="wallet") == 4  # three on v1, one on v2
     assert ("fraud_queue_depth", (("model", "wallet"),)) in found
 
 
@@ -232,3 +242,31 @@ def test_a_model_that_fills_missing_inputs_takes_null_and_absent_features() -> N
     assert {"type": "null"} in named["oneOf"]  # one served model fills missing inputs
     default = document["ScoreRequest"]["properties"]["features"]["oneOf"][0]["items"]
     assert "oneOf" not in default  # the default model does not
+
+
+def test_a_default_model_that_is_not_served_stops_start_up() -> None:
+    app = create_app(
+        Settings(api_keys=(KEY,), default_model="nope"), scorers=[FakeScorer(), wallet_scorer()]
+    )
+    with (
+        pytest.raises(SettingsError, match="'nope' is not among the served models"),
+        TestClient(app),
+    ):
+        pass
+
+
+def test_one_model_with_nothing_servable_stops_start_up_and_closes_the_others(
+    tmp_path: Path,
+) -> None:
+    shutil.copytree(ROOT / "models" / "creditcard" / "2", tmp_path / "creditcard" / "2")
+    broken = tmp_path / "zeta" / "1"  # loaded after creditcard: names are sorted
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{}")
+    settings = Settings(
+        api_keys=(KEY,), model_repository=tmp_path, default_model="creditcard", poll_interval_s=0
+    )
+    app = create_app(settings)
+    with pytest.raises(SettingsError, match="no servable version of model 'zeta'"), TestClient(app):
+        pass
+    # creditcard had loaded and started its runner: shut down again, nothing left published.
+    assert app.state.serving.snapshots == {}
