@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -142,3 +145,20 @@ def embed_metadata(proto: onnx.ModelProto, metadata: dict[str, str], version: st
     proto.producer_name = "fraud-scoring-export"
     if version.isdigit():
         proto.model_version = int(version)
+
+
+def publish_version(target: Path, write: Callable[[Path], None]) -> Path:
+    """`write` fills a folder beside `target`, which is then renamed into place: a server
+    polling the repository never sees half a version. Nothing is left behind on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        staging.chmod(0o755)
+        write(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target

@@ -10,7 +10,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,6 +111,7 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
         build_manifest,
         build_metadata,
         build_score_reference,
+        publish_version,
         utc_now,
     )
     from export.convert import convert, embed_metadata
@@ -167,20 +167,16 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
         created_at=created_at,
     )
     manifest["parity_max_abs_diff"] = {str(k): v for k, v in report.max_abs_diff.items()}
-    # Assemble next to the target and rename, so a reader never sees half a version.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
-    staging.chmod(0o755)
-    (staging / MODEL_FILE).write_bytes(model_bytes)
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     samples = pick_samples(test_rows, test_labels, prep.feature_names)
-    (staging / SAMPLES_FILE).write_text(dump_samples(samples))
-    for card in CARD_FILES:
-        shutil.copy(run / card, staging / card)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return target
+
+    def write(folder: Path) -> None:
+        (folder / MODEL_FILE).write_bytes(model_bytes)
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (folder / SAMPLES_FILE).write_text(dump_samples(samples))
+        for card in CARD_FILES:
+            shutil.copy(run / card, folder / card)
+
+    return publish_version(target, write)
 
 
 def main(argv: list[str] | None = None) -> int:

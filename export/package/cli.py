@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,7 +101,7 @@ def check_target(args: argparse.Namespace) -> Path:
 
 def package(args: argparse.Namespace) -> Path:
     """Check, rewrite, score; then write the version folder in one rename."""
-    from export.artifact import MANIFEST_FILE, MODEL_FILE, utc_now
+    from export.artifact import MANIFEST_FILE, MODEL_FILE, publish_version, utc_now
     from export.cli import SAMPLES_FILE, dump_samples
     from export.package.card import build_package
     from export.package.rewrite import adapt
@@ -149,31 +147,22 @@ def package(args: argparse.Namespace) -> Path:
     def dump(payload: object) -> str:
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
-    # Assembled next to the target and renamed, so a reader never sees half a version.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        staging.chmod(0o755)
-        (staging / MODEL_FILE).write_bytes(built.proto.SerializeToString())
-        (staging / MANIFEST_FILE).write_text(dump(built.manifest))
-        (staging / run_files.METRICS_FILE).write_text(dump(built.metrics))
-        (staging / run_files.DATA_FILE).write_text(dump(built.data))
-        (staging / run_files.CONFIG_FILE).write_text(dump(config))
-        (staging / SAMPLES_FILE).write_text(dump_samples(built.samples))
+    def write(folder: Path) -> None:
+        (folder / MODEL_FILE).write_bytes(built.proto.SerializeToString())
+        (folder / MANIFEST_FILE).write_text(dump(built.manifest))
+        (folder / run_files.METRICS_FILE).write_text(dump(built.metrics))
+        (folder / run_files.DATA_FILE).write_text(dump(built.data))
+        (folder / run_files.CONFIG_FILE).write_text(dump(config))
+        (folder / SAMPLES_FILE).write_text(dump_samples(built.samples))
         validation, test = built.scores
         save_curves(
-            staging / run_files.CURVES_FILE,
+            folder / run_files.CURVES_FILE,
             {"validation": validation, "test": test},
             built.thresholds,
             title=f"{args.name}: packaged {signature.producer[0] or 'ONNX'} model",
         )
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
+
+    return publish_version(target, write)
 
 
 def main(argv: list[str] | None = None) -> int:
