@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="comma-separated features that get sign(x) * log(1 + |x|) before scaling",
     )
     parser.add_argument("--fill-missing", help="fill missing feature cells: median")
+    parser.add_argument(
+        "--synthetic-seed", type=int, help="the generator's seed (default: the run's --seed)"
+    )
     parser.add_argument("--out", dest="out_dir", required=True, help="output folder")
     parser.add_argument(
         "--name", dest="model_name", help="model name (default: the preset, or the table's stem)"

@@ -36,6 +36,9 @@ class TrainConfig:
     fill_missing: str | None = None  # "median", or None: a missing cell is an error
     seed: int = 42
     synthetic_rows: int = 100_000
+    # The generator's seed; None: the run's seed. Set apart when runs of several seeds must
+    # train on the same generated data (training/compare.py does).
+    synthetic_seed: int | None = None
     # Time-ordered split: the latest `test_fraction` of rows is the test set; the
     # latest `validation_fraction` of the rest is validation (early stopping and
     # threshold choice). Everything before that is fitted on.
@@ -122,6 +125,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
 
     @property
+    def resolved_synthetic_seed(self) -> int:
+        return self.seed if self.synthetic_seed is None else self.synthetic_seed
+
+    @property
     def resolved_model_name(self) -> str:
         if self.model_name:
             return self.model_name
@@ -131,6 +138,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, object]:
         values = dataclasses.asdict(self) | {"model_name": self.resolved_model_name}
+        if values["synthetic_seed"] in (None, self.seed):
+            # The same data either way: one form, the one saved before the field existed.
+            del values["synthetic_seed"]
         if self.data != "table":
             # A preset's config.json stays as it was before tables existed, so a saved run
             # still matches its config (training/compare.py reuses runs that do).

@@ -54,7 +54,7 @@ def load_dataset(config: TrainConfig) -> Dataset:
         return load_creditcard(config.csv_path)
     from training.synthetic import generate
 
-    return generate(rows=config.synthetic_rows, seed=config.seed)
+    return generate(rows=config.synthetic_rows, seed=config.resolved_synthetic_seed)
 
 
 def write_json(path: Path, payload: object) -> None:

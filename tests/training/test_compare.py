@@ -146,3 +146,32 @@ def test_interleaved_latency_times_both_models() -> None:
     first, second = interleaved_latency_us(counting("a"), counting("b"), np.zeros((4, 2)), rounds=2)
     assert first > 0 and second > 0
     assert calls["a"] == calls["b"] > 0
+
+
+def test_a_saved_run_is_reused_when_it_trains_the_same_model() -> None:
+    from training.compare import same_model
+    from training.config import TrainConfig
+
+    shipped = TrainConfig(out_dir="runs/a", data="synthetic", seed=1, verbose=2)
+    saved = json.loads(json.dumps(shipped.to_dict()))
+    # Where it was written and how much it printed do not change the model.
+    assert same_model(saved, TrainConfig(out_dir="runs/b", data="synthetic", seed=1, verbose=0))
+    assert not same_model(saved, TrainConfig(out_dir="runs/a", data="synthetic", seed=2))
+    # The generator's seed given as the run's own seed is the same data: the same model.
+    assert same_model(saved, TrainConfig(out_dir="x", data="synthetic", seed=1, synthetic_seed=1))
+    assert "synthetic_seed" not in saved
+    assert not same_model(
+        saved, TrainConfig(out_dir="x", data="synthetic", seed=1, synthetic_seed=5)
+    )
+
+
+def test_other_seeds_train_on_the_shipped_models_generated_data() -> None:
+    from training.config import TrainConfig
+    from training.train import load_dataset
+
+    shipped = TrainConfig(out_dir="x", data="synthetic", seed=1, synthetic_rows=500)
+    other = TrainConfig(out_dir="y", data="synthetic", seed=3, synthetic_rows=500, synthetic_seed=1)
+    assert load_dataset(other).sha256 == load_dataset(shipped).sha256
+    assert other.to_dict()["synthetic_seed"] == 1
+    unpinned = TrainConfig(out_dir="y", data="synthetic", seed=3, synthetic_rows=500)
+    assert load_dataset(unpinned).sha256 != load_dataset(shipped).sha256
