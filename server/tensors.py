@@ -7,6 +7,7 @@ Handles JSON tensors (data flat or nested) and the binary tensor extension
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,7 +45,10 @@ def parse_infer_request(
     n_features: int,
     output_names: tuple[str, ...],
     max_rows: int,
+    missing_allowed: bool = False,
 ) -> InferRequest:
+    """With `missing_allowed` (a model whose graph fills missing inputs), NaN in binary data
+    and null in JSON data mark a missing value."""
     payload = parse_json(header)
     if type(payload) is not dict:
         raise InvalidRequest("the inference request must be a JSON object")
@@ -57,7 +61,7 @@ def parse_infer_request(
     inputs = payload.get("inputs")
     if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
         raise InvalidRequest(f"inputs must hold exactly one tensor, {input_name!r}")
-    rows = parse_input(inputs[0], binary, input_name, n_features, max_rows)
+    rows = parse_input(inputs[0], binary, input_name, n_features, max_rows, missing_allowed)
     parameters = _parameters(payload, "the request")
     binary_default = parameters.get("binary_data_output", False)
     if type(binary_default) is not bool:
@@ -68,7 +72,12 @@ def parse_infer_request(
 
 
 def parse_input(
-    tensor: dict[str, Any], binary: bytes, input_name: str, n_features: int, max_rows: int
+    tensor: dict[str, Any],
+    binary: bytes,
+    input_name: str,
+    n_features: int,
+    max_rows: int,
+    missing_allowed: bool = False,
 ) -> np.ndarray:
     if tensor.get("name") != input_name:
         raise InvalidRequest(f"the input tensor must be named {input_name!r}")
@@ -99,8 +108,12 @@ def parse_input(
                 f"(shape {shape} of {DATATYPE}) and match the binary data"
             )
         values = np.frombuffer(binary, dtype="<f4").reshape(rows, n_features)
-        if not np.isfinite(values).all():
-            raise InvalidRequest("the input holds NaN or infinite values")
+        finite = np.isfinite(values)
+        if missing_allowed:
+            finite |= np.isnan(values)
+        if not finite.all():
+            what = "infinite" if missing_allowed else "NaN or infinite"
+            raise InvalidRequest(f"the input holds {what} values")
         return values.astype(np.float32)
     if binary:
         raise InvalidRequest("binary data was sent but no input declares binary_data_size")
@@ -111,7 +124,9 @@ def parse_input(
         data = [v for row in data for v in row]
     if type(data) is not list or len(data) != rows * n_features:
         raise InvalidRequest(f"data must hold {rows * n_features} numbers (shape {shape})")
-    if not all_valid_numbers(data):
+    if missing_allowed and None in data and all_valid_numbers([v for v in data if v is not None]):
+        data = [math.nan if v is None else v for v in data]
+    elif not all_valid_numbers(data):
         raise InvalidRequest(
             f"data must hold finite numbers within float32 range "
             f"(|x| <= {FLOAT32_MAX:.4g}), not booleans, strings or null"

@@ -149,6 +149,7 @@ class V2Endpoints:
                 len(info.feature_names),
                 (info.output_name,),
                 self.max_rows,
+                info.fills_missing,
             )
             if self.metrics is not None:
                 self.metrics.stages["parse"].observe(time.perf_counter() - received)

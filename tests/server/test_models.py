@@ -3,6 +3,7 @@ listing, 404s naming the served models, v2 on every model, and per-model metrics
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,35 @@ def test_one_model_with_nothing_servable_stops_start_up_and_closes_the_others(
         pass
     # creditcard had loaded and started its runner: shut down again, nothing left published.
     assert app.state.serving.snapshots == {}
+
+
+def test_v2_marks_missing_values_with_null_or_nan_for_a_model_that_fills_them() -> None:
+    filling = FakeScorer()
+    filling.info = fake_info(name="filling", fills_missing=True)
+    app = create_app(Settings(api_keys=(KEY,)), scorers=[FakeScorer(), filling])
+    tensor = {"name": "features", "datatype": "FP32", "shape": [1, 3], "data": [0.2, None, 1]}
+    raw = np.asarray([[0.3, np.nan, 1.0]], dtype="<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP32",
+                    "shape": [1, 3],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    binary = {"Inference-Header-Content-Length": str(len(header)), **HEADERS}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for name, status in (("filling", 200), ("fake", 400)):
+            path = f"/v2/models/{name}/infer"
+            as_json = client.post(path, json={"inputs": [tensor]}, headers=HEADERS)
+            as_bytes = client.post(path, content=header + raw, headers=binary)
+            assert (as_json.status_code, as_bytes.status_code) == (status, status), name
+        inf = np.asarray([[0.3, np.inf, 1.0]], dtype="<f4").tobytes()
+        refused = client.post("/v2/models/filling/infer", content=header + inf, headers=binary)
+        assert refused.status_code == 400 and "infinite" in refused.json()["error"]
+    rows = np.concatenate(filling.calls)
+    assert np.isnan(rows[:, 1]).all() and len(rows) == 2
