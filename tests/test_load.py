@@ -28,7 +28,9 @@ def test_overload_answers_at_capacity_and_recovers() -> None:
     assert phases["overload"]["answered_per_s"] > 0.7 * capacity
     assert phases["overload"]["abandoned"] > 0
     normal = phases["normal"]["p99_server_ms"]
-    assert phases["overload"]["p99_server_ms"] <= args.p99_factor * normal
+    # Bounded by the pool: connections / answer rate is the mean time in the server.
+    assert phases["overload"]["p99_server_ms"] <= overload.overload_limit_ms(summary, args)
+    assert overload.overload_limit_ms(summary, args) < 100
     limit = max(args.normal_tolerance * normal, normal + args.normal_slack_ms)
     assert summary["recovered_p99_server_ms"] <= limit
     assert summary["recovered_p99_ms"] <= limit
