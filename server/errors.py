@@ -105,6 +105,14 @@ class Overloaded(ServingError):
     code = "overloaded"
 
 
+class StateUnavailable(ServingError):
+    """The account state store (Redis) cannot be reached or keeps conflicting: no event is
+    scored without its account's state, and nothing was applied."""
+
+    status_code = 503
+    code = "state_unavailable"
+
+
 class ModelFailure(ServingError):
     status_code = 500
     code = "model_error"
