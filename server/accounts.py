@@ -109,7 +109,8 @@ class MemoryStore:
         return conflicts
 
     def load_snapshot(self) -> None:
-        assert self.snapshot_path is not None
+        if self.snapshot_path is None:
+            return
         try:
             raw = self.snapshot_path.read_bytes()
         except FileNotFoundError:

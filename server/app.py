@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from server.accounts import AccountStore, MemoryStore
 from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
@@ -39,6 +40,7 @@ from server.collectors import (
 )
 from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
+from server.events import EventScoring, takes_events
 from server.logs import use_json_logs
 from server.metrics import Metrics, MetricsExporter
 from server.middleware import RequestContext, route_path
@@ -155,6 +157,15 @@ def open_repositories(
     }
 
 
+def make_store(settings: Settings) -> AccountStore:
+    """Redis when FRAUD_STATE_URL is set, else this worker's memory."""
+    if settings.state_url is None:
+        return MemoryStore(settings.state_snapshot, settings.state_snapshot_interval_s)
+    from server.redisstore import RedisStore  # only a server that uses Redis imports it
+
+    return RedisStore(settings.state_url, ttl_s=settings.state_ttl_days * 86_400)
+
+
 def create_app(
     settings: Settings | None = None,
     scorer: Scorer | None = None,
@@ -194,6 +205,10 @@ def create_app(
         metrics,
         limiter,
     )
+    events = EventScoring(make_store(settings), settings.max_batch_items)
+    events.able = lambda: [
+        name for name, snapshot in state.snapshots.items() if takes_events(snapshot.latest)
+    ]
     shutdown = GracefulShutdown(settings.shutdown_drain_s, settings.shutdown_timeout_s)
     if settings.log_format == "json":
         use_json_logs()
@@ -238,10 +253,12 @@ def create_app(
         if alerts is not None:
             alerts.start()
         try:
+            await events.store.start()
             await load_models()
         except BaseException:
             # Models loaded before the one that failed: stop their runners before leaving.
             close_runners()
+            await events.store.close()
             if alerts is not None:
                 alerts.close(0.0)
             raise
@@ -267,6 +284,9 @@ def create_app(
                 await task
         for repository in state.repositories.values():
             await repository.close()
+        # In-flight requests are done (uvicorn waits for them before the lifespan ends), so
+        # the snapshot holds every event that was answered.
+        await events.store.close()
         close_runners()
         if alerts is not None:
             # Off the loop: close() waits up to its timeout for queued alerts to go out.
@@ -326,6 +346,7 @@ def create_app(
             settings.max_body_bytes,
             settings.max_batch_body_bytes,
             limiter,
+            events,
         )
 
     app = ServingApp(

@@ -36,6 +36,9 @@ REQUIRED_KEYS = (
 SCORE_REFERENCE_KEY = "score_reference"
 # Optional: present when the graph fills missing (NaN) inputs itself, with the fill values.
 MISSING_VALUES_KEY = "missing_values"
+# Optional: the version of the event feature definitions (features/events.py) the model was
+# trained on; such a model also scores raw events.
+FEATURE_DEFINITIONS_KEY = "feature_definitions"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ModelInfo:
     # The graph replaces a NaN input by a value chosen at training: requests may leave a
     # feature out (null, or absent from the object form).
     fills_missing: bool = False
+    feature_definitions: str | None = None
 
 
 def read_model_bytes(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
@@ -101,6 +105,7 @@ def parse_metadata(meta: dict[str, str], sha256: str) -> ModelInfo:
             sha256=sha256,
             score_reference=parse_score_reference(meta.get(SCORE_REFERENCE_KEY)),
             fills_missing=parse_missing_values(meta.get(MISSING_VALUES_KEY), len(names)),
+            feature_definitions=meta.get(FEATURE_DEFINITIONS_KEY),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"model metadata is malformed: {exc}") from exc

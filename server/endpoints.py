@@ -31,6 +31,7 @@ from server.errors import (
     ServingError,
     UnsupportedMediaType,
 )
+from server.events import EventScoring
 from server.metrics import BODY_READ, ENCODING, FINISHED, Metrics
 from server.middleware import CLOSE, REQUEST_ID, RequestContext, log_access, route_path
 from server.payloads import parse_json, shown
@@ -176,13 +177,15 @@ def requested_version(query: bytes) -> str | None:
 NAMED_PREFIX = "/v1/models/"
 # The named scoring routes, by the path's ending: (route label, is a batch).
 NAMED_ENDINGS = (
+    ("/events/score/batch", "/v1/models/{name}/events/score/batch"),
+    ("/events/score", "/v1/models/{name}/events/score"),
     ("/score/batch", "/v1/models/{name}/score/batch"),
     ("/score", "/v1/models/{name}/score"),
 )
 
 
 def named_route(path: str) -> tuple[str, str] | None:
-    """(route label, model name) for /v1/models/{name}/score[/batch], else None. Matched by
+    """(route label, model name) for /v1/models/{name}/[events/]score[/batch], else None. Matched by
     hand, so that the named routes take the same path as /v1/score (no router)."""
     if not path.startswith(NAMED_PREFIX):
         return None
@@ -197,6 +200,7 @@ def named_route(path: str) -> tuple[str, str] | None:
 
 class ScoringRoutes:
     """POST /v1/score, /v1/score/batch and their named forms /v1/models/{name}/score[/batch],
+    and the raw-event routes /v1/events/score[/batch] and /v1/models/{name}/events/score[/batch],
     ahead of everything else; other requests go on to `context`, the request layer around
     the Starlette app. The scoring routes do that layer's work themselves (request id,
     counts, access log, Connection: close)."""
@@ -209,6 +213,7 @@ class ScoringRoutes:
         max_body_bytes: int,
         max_batch_body_bytes: int,
         limiter: RateLimiter | None = None,
+        events: EventScoring | None = None,
     ) -> None:
         self.context = context
         self.state = state
@@ -219,8 +224,11 @@ class ScoringRoutes:
             "/v1/score": (max_body_bytes, ScoringService.score),
             "/v1/score/batch": (max_batch_body_bytes, ScoringService.score_batch),
         }
-        self.routes["/v1/models/{name}/score"] = self.routes["/v1/score"]
-        self.routes["/v1/models/{name}/score/batch"] = self.routes["/v1/score/batch"]
+        if events is not None:
+            self.routes["/v1/events/score"] = (max_body_bytes, events.score)
+            self.routes["/v1/events/score/batch"] = (max_batch_body_bytes, events.score_batch)
+        for route, score in list(self.routes.items()):
+            self.routes["/v1/models/{name}" + route.removeprefix("/v1")] = score
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope) if scope["type"] == "http" else ""
@@ -228,11 +236,11 @@ class ScoringRoutes:
         model: str | None = None  # None: the default model
         if route is None:
             named = named_route(path) if scope["type"] == "http" else None
-            if named is None:
+            route = self.routes.get(named[0]) if named is not None else None
+            if named is None or route is None:
                 await self.context(scope, receive, send)
                 return
             path, model = named
-            route = self.routes[path]
         started = perf_counter()
         limit, score = route
         # ASGI servers give lower-case names. Reversed, so that a repeated header keeps

@@ -97,6 +97,14 @@ class Settings:
     # and exit; exit anyway once timeout_s has passed since the signal.
     shutdown_drain_s: float = 0.0
     shutdown_timeout_s: float = 30.0
+    # Per-account state for the raw-event routes. Unset: in this worker's memory (one
+    # worker only), snapshotted to state_snapshot (if set) every snapshot_interval_s and
+    # at shutdown, and read back at start. redis://host:port/db: shared by every worker
+    # and replica; an account idle for state_ttl_days is forgotten.
+    state_url: str | None = field(default=None, repr=False)  # may carry a password
+    state_snapshot: Path | None = None
+    state_snapshot_interval_s: float = 60.0
+    state_ttl_days: float = 90.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -150,6 +158,19 @@ class Settings:
             raise SettingsError(f"{PREFIX}DEFAULT_MODEL must be a plain folder name")
         if self.model_name is not None and self.models:
             raise SettingsError(f"set {PREFIX}MODELS or {PREFIX}MODEL_NAME, not both")
+        if self.state_url is not None and not self.state_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError(f"{PREFIX}STATE_URL must be a redis://, rediss:// or unix:// URL")
+        if self.state_url is not None and self.state_snapshot is not None:
+            raise SettingsError(
+                f"{PREFIX}STATE_SNAPSHOT is for the in-process store; Redis keeps its own"
+                f" (unset it, or unset {PREFIX}STATE_URL)"
+            )
+        if not (self.state_snapshot_interval_s == 0 or self.state_snapshot_interval_s >= 1):
+            raise SettingsError(f"{PREFIX}STATE_SNAPSHOT_INTERVAL_S must be 0 (off) or 1 or more")
+        if not (math.isfinite(self.state_ttl_days) and self.state_ttl_days >= 1):
+            raise SettingsError(f"{PREFIX}STATE_TTL_DAYS must be at least 1")
         for name in ("review_threshold", "decline_threshold"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -198,6 +219,10 @@ class Settings:
         ):
             if (raw := get(name)) is not None:
                 values[name.lower()] = parse_bool(name, raw)
+        if state_url := get("STATE_URL"):
+            values["state_url"] = state_url
+        if snapshot := get("STATE_SNAPSHOT"):
+            values["state_snapshot"] = Path(snapshot)
         if metrics_dir := get("METRICS_DIR"):
             values["metrics_dir"] = Path(metrics_dir)
         if log_format := get("LOG_FORMAT"):
@@ -230,6 +255,8 @@ class Settings:
             "ALERT_TIMEOUT_S",
             "SHUTDOWN_DRAIN_S",
             "SHUTDOWN_TIMEOUT_S",
+            "STATE_SNAPSHOT_INTERVAL_S",
+            "STATE_TTL_DAYS",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, float)
