@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.openapi_events import EVENT_ROUTES, event_request_bodies, event_schemas
 from server.openapi_schemas import (
     HEADER_LENGTH,
     STRING,
@@ -29,12 +30,14 @@ V1_ERRORS = {
     401: "missing_api_key: no X-API-Key header",
     403: "invalid_api_key: the key is not one of the configured keys",
     413: "payload_too_large: the body is over the configured limit, declared or streamed",
-    404: "not_found: the model or the version asked for (?version=) is not served",
+    404: "not_found: the model or the version asked for (?version=) is not served, or (on "
+    "the event routes) the model does not score raw events",
     415: "unsupported_media_type: Content-Type is not application/json",
     422: "invalid_request: valid JSON that is not a valid request; `field` names the culprit",
     429: "rate_limited: over this key's FRAUD_RATE_LIMIT_RPS (with Retry-After)",
     500: "model_error: the model failed (never caused by input); internal_error otherwise",
-    503: "not_ready (the model is not loaded yet) or overloaded (the queue is full)",
+    503: "not_ready (the model is not loaded yet), overloaded (the queue is full) or "
+    "state_unavailable (the account state store cannot be reached)",
 }
 METRICS_ERRORS = {
     404: "not_found: metrics are off (FRAUD_METRICS=false)",
@@ -174,6 +177,11 @@ def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
             "ApiKey",
         ),
     ]
+    for path in EVENT_ROUTES:
+        batch = path.endswith("/batch")
+        summary = "Score raw events" if batch else "Score a raw event"
+        answer = ref("EventBatchResponse" if batch else "EventResult")
+        table.append(("post", path, summary, answer, SCORE_ERRORS, "ApiKey"))
     for path in (model, version):
         model_ready = obj({"name": STRING, "ready": {"const": True}})
         table += [
@@ -217,7 +225,7 @@ def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
         },
         "/v2/models/{name}/infer": infer,
         "/v2/models/{name}/versions/{version}/infer": infer,
-    }
+    } | event_request_bodies()
 
 
 def paths(names: tuple[str, ...]) -> dict[str, Schema]:
@@ -275,6 +283,7 @@ def openapi_document(
                 feature_names, max_batch_items, missing_allowed, any_missing_allowed
             )
             | model_schemas(width)
+            | event_schemas(max_batch_items)
             | v2_schemas(
                 width,
                 max_batch_items,

@@ -287,3 +287,29 @@ def test_the_idempotency_window_is_the_accounts_last_events() -> None:
         forgotten = client.post("/v1/events/score", json=event(0), headers=HEADERS).json()
     assert recent["replayed"] is True
     assert forgotten["replayed"] is False  # older than the window: counted again
+
+
+def test_answers_match_the_documented_schemas_and_the_example_scores() -> None:
+    from jsonschema import Draft202012Validator
+
+    from server.openapi import openapi_document
+    from server.openapi_events import EXAMPLE_EVENT
+
+    document = openapi_document(FEATURES, 10)
+
+    def check(name: str, instance: Any) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(instance)]
+        assert not errors, (name, errors)
+
+    with client_for(events_scorer()) as client:
+        single = client.post(
+            "/v1/events/score", json=EXAMPLE_EVENT | {"return_features": True}, headers=HEADERS
+        )
+        batch = client.post(
+            "/v1/events/score/batch", json={"events": [event(1), event(2)]}, headers=HEADERS
+        )
+    assert single.status_code == batch.status_code == 200
+    check("EventResult", single.json())
+    check("EventBatchResponse", batch.json())
+    check("EventRequest", EXAMPLE_EVENT)

@@ -63,6 +63,10 @@ def test_the_document_lists_exactly_the_served_routes() -> None:
         ("/v1/score/batch", "post"),
         ("/v1/models/{name}/score", "post"),
         ("/v1/models/{name}/score/batch", "post"),
+        ("/v1/events/score", "post"),
+        ("/v1/events/score/batch", "post"),
+        ("/v1/models/{name}/events/score", "post"),
+        ("/v1/models/{name}/events/score/batch", "post"),
     }
     documented = {
         (path, method)
@@ -91,6 +95,10 @@ def test_keyed_routes_and_only_they_need_the_api_key() -> None:
         ("/v1/stats", "get"),
         ("/v1/score", "post"),
         ("/v1/score/batch", "post"),
+        ("/v1/events/score", "post"),
+        ("/v1/events/score/batch", "post"),
+        ("/v1/models/{name}/events/score", "post"),
+        ("/v1/models/{name}/events/score/batch", "post"),
         ("/v2/models/{name}/infer", "post"),
         ("/v2/models/{name}/versions/{version}/infer", "post"),
     }
