@@ -170,6 +170,10 @@ def unit_vector(lat: float, lon: float) -> tuple[float, float, float]:
 def features(state: AccountState | None, event: Event) -> list[float]:
     """The event's features, in FEATURES order, from the state its account's earlier events
     left (None: the account's first event)."""
+    return _features(state, event, digest(event.device_id), digest(event.payee_id))
+
+
+def _features(state: AccountState | None, event: Event, device: int, payee: int) -> list[float]:
     t = event.timestamp
     amount = event.amount
     balance_fraction = amount / event.balance_before if event.balance_before > 0 else 1.0
@@ -205,8 +209,8 @@ def features(state: AccountState | None, event: Event) -> list[float]:
     if opened is None:
         opened = state.opened_at if state.opened_at is not None else state.first_seen
     age = max(0.0, (t - opened) / DAY_S)
-    new_device = 0.0 if digest(event.device_id) in state.devices else 1.0
-    new_payee = 0.0 if digest(event.payee_id) in state.payees else 1.0
+    new_device = 0.0 if device in state.devices else 1.0
+    new_payee = 0.0 if payee in state.payees else 1.0
     return [
         amount,
         amount_vs_usual,
@@ -223,6 +227,8 @@ def features(state: AccountState | None, event: Event) -> list[float]:
 
 def _recent(items: tuple[int, ...], item: int, cap: int) -> tuple[int, ...]:
     """`items` with `item` moved (or added) to the end, the oldest dropped beyond `cap`."""
+    if items and items[-1] == item:  # the same device or payee as last time: the usual case
+        return items
     kept = (*(v for v in items if v != item), item)
     return kept[-cap:]
 
@@ -265,9 +271,10 @@ def advance(state: AccountState | None, event: Event) -> tuple[list[float], Acco
     stands and leaves it unchanged.
     """
     event_key = digest(event.event_id)
+    device, payee = digest(event.device_id), digest(event.payee_id)
+    values = _features(state, event, device, payee)
     if state is not None and event_key in state.event_ids:
-        return features(state, event), state, True
-    values = features(state, event)
+        return values, state, True
     t = event.timestamp
     minute, day = math.floor(t / MINUTE_S), math.floor(t / DAY_S)
     if state is None:
@@ -277,8 +284,8 @@ def advance(state: AccountState | None, event: Event) -> tuple[list[float], Acco
             opened_at=event.account_opened_at,
             minutes=((minute, 1),),
             days=((day, 1, event.amount, x, y, z),),
-            devices=(digest(event.device_id),),
-            payees=(digest(event.payee_id),),
+            devices=(device,),
+            payees=(payee,),
             event_ids=(event_key,),
         )
         return values, after, False
@@ -287,8 +294,8 @@ def advance(state: AccountState | None, event: Event) -> tuple[list[float], Acco
         opened_at=state.opened_at if event.account_opened_at is None else event.account_opened_at,
         minutes=_count_minute(state.minutes, minute),
         days=_count_day(state.days, day, event),
-        devices=_recent(state.devices, digest(event.device_id), MAX_DEVICES),
-        payees=_recent(state.payees, digest(event.payee_id), MAX_PAYEES),
+        devices=_recent(state.devices, device, MAX_DEVICES),
+        payees=_recent(state.payees, payee, MAX_PAYEES),
         event_ids=(*state.event_ids, event_key)[-MAX_EVENT_IDS:],
     )
     return values, after, False
