@@ -163,7 +163,7 @@ def make_store(settings: Settings) -> AccountStore:
         return MemoryStore(settings.state_snapshot, settings.state_snapshot_interval_s)
     from server.redisstore import RedisStore  # only a server that uses Redis imports it
 
-    return RedisStore(settings.state_url, ttl_s=settings.state_ttl_days * 86_400)
+    return RedisStore(settings.state_url, ttl_s=round(settings.state_ttl_days * 86_400))
 
 
 def create_app(
