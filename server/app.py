@@ -35,6 +35,7 @@ from server.collectors import (
     alert_counters,
     drift_of,
     drift_windows,
+    event_counters,
     repository_counters,
     serving_gauges,
 )
@@ -209,6 +210,8 @@ def create_app(
     events.able = lambda: [
         name for name, snapshot in state.snapshots.items() if takes_events(snapshot.latest)
     ]
+    if metrics is not None:
+        metrics.counter_sources.append(event_counters(events))
     shutdown = GracefulShutdown(settings.shutdown_drain_s, settings.shutdown_timeout_s)
     if settings.log_format == "json":
         use_json_logs()

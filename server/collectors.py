@@ -8,6 +8,7 @@ from collections.abc import Callable
 from server.alerts import AlertSender
 from server.drift import ScoreDrift
 from server.endpoints import ServerState
+from server.events import EventScoring
 from server.metrics import DriftSource, DriftWindow, GaugeSource, Labels
 
 
@@ -102,6 +103,32 @@ def repository_counters(state: ServerState) -> GaugeSource:
                 ("model", "result"),
                 counts,
             )
+        }
+
+    return collect
+
+
+def event_counters(events: EventScoring) -> GaugeSource:
+    def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
+        pipelines = events.pipelines.items()
+        if not events.pipelines:
+            return {}
+        return {
+            "fraud_events": (
+                "Raw events folded into account state: applied, or replayed (an event id"
+                " already applied, answered and not counted again).",
+                ("model", "result"),
+                {
+                    **{(name, "applied"): float(p.applied) for name, p in pipelines},
+                    **{(name, "replayed"): float(p.replays) for name, p in pipelines},
+                },
+            ),
+            "fraud_state_conflicts": (
+                "Accounts folded again because another worker wrote them between the read"
+                " and the compare-and-set write.",
+                ("model",),
+                {(name,): float(p.conflicts) for name, p in pipelines},
+            ),
         }
 
     return collect

@@ -126,6 +126,7 @@ class EventPipeline:
         self._busy = False
         self.conflicts = 0  # accounts folded again after another worker wrote them
         self.replays = 0
+        self.applied = 0
 
     async def fold(self, events: Sequence[Event]) -> list[Folded]:
         """Each event's features, with every event applied to its account's state."""
@@ -192,7 +193,9 @@ class EventPipeline:
             conflicts = await self.store.apply_many(updates) if updates else []
             if not conflicts:
                 done = [r for r in results if r is not None]
-                self.replays += sum(r.replayed for r in done)
+                replays = sum(r.replayed for r in done)
+                self.replays += replays
+                self.applied += len(done) - replays
                 return done
             self.conflicts += len(conflicts)
             keys = [updates[i].key for i in conflicts]

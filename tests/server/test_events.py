@@ -121,9 +121,13 @@ def test_a_replayed_event_id_is_answered_and_counted_once() -> None:
         last = client.post(
             "/v1/events/score", json=event(3) | {"return_features": True}, headers=HEADERS
         ).json()
+        exposition = client.get("/metrics").text
     assert again["replayed"] is True
     assert last["replayed"] is False
     assert last["features"]["txns_last_hour"] == 3  # events 0, 1, 2: the replay not again
+    assert 'fraud_events_total{model="wallet",result="applied"} 4.0' in exposition
+    assert 'fraud_events_total{model="wallet",result="replayed"} 1.0' in exposition
+    assert 'fraud_state_conflicts_total{model="wallet"} 0.0' in exposition
 
 
 def test_the_batch_route_folds_each_account_in_time_order() -> None:
