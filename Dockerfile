@@ -25,10 +25,12 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin frau
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY server/ server/
+# The event feature definitions, shared with training (no TensorFlow in them).
+COPY features/ features/
 COPY models/ models/
 # Bytecode now: the root filesystem is read-only at run time, and compiling numpy and
 # onnxruntime at every start would slow it on one CPU.
-RUN python3 -m compileall -q server
+RUN python3 -m compileall -q server features
 USER 10001
 EXPOSE 8000
 # The standard library only: the image has no curl. (On Kubernetes the probes in
@@ -46,5 +48,6 @@ WORKDIR /app
 COPY requirements-serve.txt requirements-train.txt ./
 RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -r requirements-train.txt
 COPY training/ training/
+COPY features/ features/
 COPY export/ export/
 ENTRYPOINT ["python3", "-m", "training"]

@@ -95,9 +95,13 @@ def server_container() -> dict[str, Any]:
 
 
 def test_the_deployment_settings_are_ones_the_server_accepts() -> None:
-    env = {e["name"]: e["value"] for e in server_container()["env"]}
-    assert all(name.startswith("FRAUD_") for name in env)
-    settings = Settings.from_env(env)  # refuses unknown values by name
+    entries = server_container()["env"]
+    assert all(e["name"].startswith("FRAUD_") for e in entries)
+    env = {e["name"]: e["value"] for e in entries if "value" in e}
+    # Values from secrets: the state URL, a Redis URL when the secret exists.
+    secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in entries if "valueFrom" in e}
+    assert secret == {"FRAUD_STATE_URL": {"name": "fraud-state", "key": "url", "optional": True}}
+    settings = Settings.from_env(env | {"FRAUD_STATE_URL": "redis://redis:6379/0"})
     cpus = float(server_container()["resources"]["limits"]["cpu"])
     assert settings.intra_op_threads == cpus  # one onnxruntime thread per CPU of the limit
 
@@ -105,7 +109,9 @@ def test_the_deployment_settings_are_ones_the_server_accepts() -> None:
 def test_shutdown_timings_fit_inside_the_grace_period() -> None:
     deployment = load(DEPLOY / "k8s" / "deployment.yaml")
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    settings = Settings.from_env({e["name"]: e["value"] for e in server_container()["env"]})
+    settings = Settings.from_env(
+        {e["name"]: e["value"] for e in server_container()["env"] if "value" in e}
+    )
     readiness = server_container()["readinessProbe"]
     # Load balancers notice the 503 within a probe period times its threshold: drain longer.
     noticed = readiness["periodSeconds"] * readiness["failureThreshold"]
@@ -139,7 +145,8 @@ def test_the_serving_stage_copies_no_training_code() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     serve = dockerfile.split("AS serve", 1)[1].split("\nFROM ", 1)[0]
     copied = re.findall(r"^COPY (?:--from=\S+ )?(\S+)", serve, re.M)
-    assert copied == ["/opt/venv", "server/", "models/"]
+    # features/ is the event feature definitions, free of TensorFlow (tests/test_isolation.py).
+    assert copied == ["/opt/venv", "server/", "features/", "models/"]
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
     healthcheck = re.search(r"^HEALTHCHECK .*\n.*$", serve, re.M)
     assert healthcheck is not None and "urllib" in healthcheck[0] and "curl" not in healthcheck[0]
