@@ -77,3 +77,22 @@ def test_serving_venv_has_no_tensorflow() -> None:
         [str(SERVE_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_shared_feature_definitions_import_neither_side() -> None:
+    """features/ is imported by training and by the server: it must pull in neither."""
+    probe = (
+        "import sys, features.events; "
+        "print(','.join(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(result.stdout.strip().split(","))
+    assert "features" in loaded and "numpy" in loaded
+    assert not loaded & {*FORBIDDEN, "server", "starlette", "onnxruntime", "pandas"}
