@@ -13,6 +13,9 @@ RUN_DIR ?= runs/creditcard
 TRAIN_SEED ?= 2
 # Used only by `make serve`, so that a fresh clone answers the README's curl example.
 DEV_API_KEY ?= dev-key-change-me
+# Where `make serve` keeps the raw-event account state between runs, unless FRAUD_STATE_URL
+# points it at Redis (see docs/events.md).
+STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
 	bench-overhead bench-latency bench-routes soak overload clean
@@ -31,7 +34,9 @@ serve: $(SERVE_VENV)/.installed
 	@echo "Development API key: $(DEV_API_KEY)"
 	@echo "Try: curl -s -X POST http://$(HOST):$(PORT)/v1/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/transaction.json"
 	@echo " or: curl -s -X POST http://$(HOST):$(PORT)/v1/models/mobile-money/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/mobile-money-transfer.json"
+	@echo " or: curl -s -X POST http://$(HOST):$(PORT)/v1/models/mobile-money/events/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/mobile-money-event.json"
 	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_DEFAULT_MODEL=$(DEFAULT_MODEL) \
+		$(if $(FRAUD_STATE_URL),,FRAUD_STATE_SNAPSHOT=$${FRAUD_STATE_SNAPSHOT:-$(STATE_SNAPSHOT)}) \
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol
