@@ -34,6 +34,9 @@ TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 SCORE_BINS = 10
 # Present only when the graph fills missing inputs (training's --fill-missing).
 MISSING_VALUES_KEY = "missing_values"
+# Present only when the features were computed from raw events by features.events: its
+# DEFINITIONS string, which the server must run itself to score raw events for the model.
+FEATURE_DEFINITIONS_KEY = "feature_definitions"
 
 
 def tool_versions(
@@ -65,23 +68,34 @@ def build_metadata(
     def dump(value: object) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
-    return {
-        "fraud.schema_version": SCHEMA_VERSION,
-        "model_name": name,
-        "model_version": version,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "feature_names": dump(list(prep.feature_names)),
-        "thresholds": dump(metrics["thresholds"]),
-        "metrics": dump({"validation": metrics["validation"], "test": metrics["test"]}),
-        "feature_mean": dump(list(prep.raw_mean)),
-        "feature_std": dump(list(prep.raw_std)),
-        "created_at": created_at,
-        "data_source": str(data["source"]),
-        "data_sha256": str(data["sha256"]),
-        "tool_versions": dump(tool_versions() if tools is None else tools),
-        "score_reference": dump(score_reference),
-    } | missing_values_metadata(prep)
+    return (
+        {
+            "fraud.schema_version": SCHEMA_VERSION,
+            "model_name": name,
+            "model_version": version,
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "feature_names": dump(list(prep.feature_names)),
+            "thresholds": dump(metrics["thresholds"]),
+            "metrics": dump({"validation": metrics["validation"], "test": metrics["test"]}),
+            "feature_mean": dump(list(prep.raw_mean)),
+            "feature_std": dump(list(prep.raw_std)),
+            "created_at": created_at,
+            "data_source": str(data["source"]),
+            "data_sha256": str(data["sha256"]),
+            "tool_versions": dump(tool_versions() if tools is None else tools),
+            "score_reference": dump(score_reference),
+        }
+        | missing_values_metadata(prep)
+        | feature_definitions_metadata(data)
+    )
+
+
+def feature_definitions_metadata(data: dict[str, object]) -> dict[str, str]:
+    """`feature_definitions` from the run's data.json when its features came from events;
+    absent otherwise, as in older artifacts."""
+    definitions = data.get(FEATURE_DEFINITIONS_KEY)
+    return {} if definitions is None else {FEATURE_DEFINITIONS_KEY: str(definitions)}
 
 
 def missing_values_metadata(prep: Preprocessing) -> dict[str, str]:

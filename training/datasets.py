@@ -27,6 +27,9 @@ class Dataset:
     log_features: tuple[str, ...]
     source: str
     sha256: str  # of the file read, or of the generated arrays
+    # The version of the shared event-feature definitions the features were computed with
+    # (features.events.DEFINITIONS), or None for features that came as they are.
+    definitions: str | None = None
 
     def __post_init__(self) -> None:
         rows = len(self.labels)
@@ -47,6 +50,7 @@ class Dataset:
             self.log_features,
             self.source,
             self.sha256,
+            self.definitions,
         )
 
     def __len__(self) -> int:

@@ -82,6 +82,10 @@ def data_record(config: TrainConfig, data: Dataset, split: Split) -> dict[str, o
             )
         },
     }
+    if data.definitions is not None:
+        # Which event-feature code computed the features: export names it in the model, and
+        # the server scores raw events only for a model whose definitions it runs itself.
+        record["feature_definitions"] = data.definitions
     if config.data == "table":
         missing = np.isnan(data.features).sum(axis=0)
         record["table"] = {
