@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -85,6 +85,8 @@ MAX_PAYEES = 64
 MAX_EVENT_IDS = 64
 MAX_ID_CHARS = 128
 EARTH_RADIUS_KM = 6371.0088
+# Amounts and balances must fit the model's float32 input.
+FLOAT_MAX = float(np.finfo(np.float32).max)
 # Timestamps from 1970 to 2200: anything else is a unit mistake (milliseconds) or garbage.
 MAX_TIMESTAMP = 7_258_118_400.0
 
@@ -98,8 +100,7 @@ class EventError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):  # built per request: a tuple is cheaper than a dataclass
     event_id: str
     account_id: str
     timestamp: float  # UTC epoch seconds
@@ -317,11 +318,11 @@ def features_over_history(events: Iterable[Event]) -> np.ndarray:
 
 def parse_timestamp(value: object, field: str = "timestamp") -> float:
     """Epoch seconds (a number) or an ISO-8601 string (UTC when it names no zone)."""
-    if type(value) in (int, float):
-        seconds = float(value)  # type: ignore[arg-type]
+    if type(value) is float or type(value) is int:
+        seconds = float(value)
     elif isinstance(value, str):
         try:
-            stamp = datetime.fromisoformat(value.strip().replace("Z", "+00:00", 1))
+            stamp = datetime.fromisoformat(value)  # takes a trailing Z since Python 3.11
         except ValueError:
             raise EventError(
                 field, f"{field} must be epoch seconds or an ISO-8601 date and time"
@@ -336,66 +337,99 @@ def parse_timestamp(value: object, field: str = "timestamp") -> float:
     return seconds
 
 
-def _number(value: object, field: str) -> float:
-    if type(value) not in (int, float):
-        raise EventError(field, f"{field} must be a number")
-    number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number):
-        raise EventError(field, f"{field} must be finite")
-    return number
+def _good_id(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_ID_CHARS
 
 
-def _identifier(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise EventError(field, f"{field} must be a non-empty string")
-    if len(value) > MAX_ID_CHARS:
-        raise EventError(field, f"{field} is longer than {MAX_ID_CHARS} characters")
-    return value
+def _good_number(value: object, low: float, high: float) -> bool:
+    # Chained comparisons are false for NaN; the bounds are finite, so infinities fail too.
+    return (type(value) is float or type(value) is int) and low <= value <= high
 
 
 def event_from_mapping(item: Mapping[str, Any]) -> Event:
     """One event from its JSON object (or table row), checked field by field. Unknown keys
-    are the caller's business."""
-    ids = {}
-    for field in ID_FIELDS:
-        if field not in item:
-            raise EventError(field, f"{field} is missing")
-        ids[field] = _identifier(item[field], field)
+    are the caller's business.
+
+    The common case, a valid event, takes one pass of cheap type and range tests; anything
+    else goes through _explain, which finds the first bad field and says what is wrong.
+    """
+    get: Callable[[str], Any] = item.get
+    event_id, account_id = get("event_id"), get("account_id")
+    payee_id, device_id = get("payee_id"), get("device_id")
+    amount, balance, lat, lon = get("amount"), get("balance_before"), get("lat"), get("lon")
+    kind, opened = get("type"), get("account_opened_at")
+    if not (
+        _good_id(event_id)
+        and _good_id(account_id)
+        and _good_id(payee_id)
+        and _good_id(device_id)
+        and (kind == "transfer" or kind == "cash_out")
+        and _good_number(amount, 0.0, FLOAT_MAX)
+        and amount != 0
+        and _good_number(balance, 0.0, FLOAT_MAX)
+        and _good_number(lat, -90.0, 90.0)
+        and _good_number(lon, -180.0, 180.0)
+    ):
+        _explain(item)
+    return Event(
+        event_id,
+        account_id,
+        parse_timestamp(get("timestamp")) if "timestamp" in item else _explain(item),
+        kind,
+        float(amount),
+        float(balance),
+        payee_id,
+        device_id,
+        float(lat),
+        float(lon),
+        None if opened is None else parse_timestamp(opened, "account_opened_at"),
+    )
+
+
+def _explain(item: Mapping[str, Any]) -> NoReturn:
+    """Raise EventError for the first field, in EVENT_FIELDS order, that is not valid."""
+    for field in ID_FIELDS[:2]:
+        _check_id(item, field)
     if "timestamp" not in item:
         raise EventError("timestamp", "timestamp is missing")
-    timestamp = parse_timestamp(item["timestamp"])
-    kind = item.get("type")
-    if kind not in EVENT_TYPES:
+    parse_timestamp(item["timestamp"])
+    if item.get("type") not in EVENT_TYPES:
         raise EventError("type", f"type must be one of {', '.join(EVENT_TYPES)}")
     values = {}
-    for field in ("amount", "balance_before", "lat", "lon"):
-        if field not in item:
-            raise EventError(field, f"{field} is missing")
-        values[field] = _number(item[field], field)
+    for field in ("amount", "balance_before"):
+        values[field] = _check_number(item, field)
     if not values["amount"] > 0:
         raise EventError("amount", "amount must be greater than 0")
     if not values["balance_before"] >= 0:
         raise EventError("balance_before", "balance_before must be 0 or more")
-    if not -90.0 <= values["lat"] <= 90.0:
+    for field in ID_FIELDS[2:]:
+        _check_id(item, field)
+    if not -90.0 <= _check_number(item, "lat") <= 90.0:
         raise EventError("lat", "lat must be between -90 and 90")
-    if not -180.0 <= values["lon"] <= 180.0:
+    if not -180.0 <= _check_number(item, "lon") <= 180.0:
         raise EventError("lon", "lon must be between -180 and 180")
-    opened = item.get("account_opened_at")
-    return Event(
-        event_id=ids["event_id"],
-        account_id=ids["account_id"],
-        timestamp=timestamp,
-        type=kind,
-        amount=values["amount"],
-        balance_before=values["balance_before"],
-        payee_id=ids["payee_id"],
-        device_id=ids["device_id"],
-        lat=values["lat"],
-        lon=values["lon"],
-        account_opened_at=(
-            None if opened is None else parse_timestamp(opened, "account_opened_at")
-        ),
-    )
+    raise EventError("event", "the event is not valid")  # not reached: some check failed
+
+
+def _check_id(item: Mapping[str, Any], field: str) -> None:
+    if field not in item:
+        raise EventError(field, f"{field} is missing")
+    value = item[field]
+    if not isinstance(value, str) or not value:
+        raise EventError(field, f"{field} must be a non-empty string")
+    if len(value) > MAX_ID_CHARS:
+        raise EventError(field, f"{field} is longer than {MAX_ID_CHARS} characters")
+
+
+def _check_number(item: Mapping[str, Any], field: str) -> float:
+    if field not in item:
+        raise EventError(field, f"{field} is missing")
+    value = item[field]
+    if type(value) is not float and type(value) is not int:
+        raise EventError(field, f"{field} must be a number")
+    if not math.isfinite(value) or abs(value) > FLOAT_MAX:
+        raise EventError(field, f"{field} must be finite and within float32 range")
+    return float(value)
 
 
 def events_from_columns(columns: Mapping[str, Sequence[Any]]) -> Iterator[Event]:

@@ -47,6 +47,7 @@ EVENT_KEYS = frozenset(
     )
 )
 RETURN_FEATURES = "return_features"
+REQUEST_KEYS = EVENT_KEYS | {RETURN_FEATURES}  # one event as the body: its fields and the flag
 # A batch's writes lost to other workers' this many times in a row: give up with a 503
 # rather than spin (nothing of the batch's conflicting accounts was applied).
 MAX_ATTEMPTS = 8
@@ -63,12 +64,12 @@ def takes_events(service: ScoringService) -> bool:
     return info.feature_definitions == DEFINITIONS and info.feature_names == FEATURES
 
 
-def parse_event(item: Any, where: str = "") -> Event:
+def parse_event(item: Any, where: str = "", allowed: frozenset[str] = EVENT_KEYS) -> Event:
     if not isinstance(item, dict):
         raise InvalidRequest(f"an event must be a JSON object, got {_json_type(item)}")
-    for key in item:
-        if key not in EVENT_KEYS:
-            raise InvalidRequest(f"unknown field {shown(key)}", field=where + key[:40])
+    if not item.keys() <= allowed:
+        key = next(key for key in item if key not in allowed)
+        raise InvalidRequest(f"unknown field {shown(key)}", field=where + key[:40])
     try:
         return event_from_mapping(item)
     except EventError as exc:
@@ -86,8 +87,7 @@ def parse_event_request(payload: Any) -> tuple[Event, bool]:
     if not isinstance(payload, dict):
         raise InvalidRequest(f"the body must be a JSON object, got {_json_type(payload)}")
     wanted = parse_return_features(payload.get(RETURN_FEATURES, False))
-    fields = {k: v for k, v in payload.items() if k != RETURN_FEATURES}
-    return parse_event(fields), wanted
+    return parse_event(payload, allowed=REQUEST_KEYS), wanted
 
 
 def parse_event_batch(payload: Any, max_items: int) -> tuple[list[Event], bool]:

@@ -38,17 +38,30 @@ def _reject_constant(name: str) -> None:
 _STRICT = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 
-def _count_pairs(value: Any) -> int:
-    """Keys in all objects within `value`; a loop, since orjson allows nesting deeper than
-    Python's recursion limit."""
+def _count_pairs(value: Any, strings: bool = False) -> int:
+    """Keys in all objects within `value`, plus, with `strings`, the colons inside its keys
+    and string values; a loop, since orjson allows nesting deeper than Python's recursion
+    limit."""
     pairs, pending = 0, [value]
     while pending:
         item = pending.pop()
         if type(item) is dict:
             pairs += len(item)
-            pending.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+            if strings:
+                pairs += "".join(item).count(":")
+            for v in item.values():
+                if type(v) is str:
+                    if strings:
+                        pairs += v.count(":")
+                elif type(v) is dict or type(v) is list:
+                    pending.append(v)
         elif type(item) is list:
-            pending.extend(v for v in item if type(v) is dict or type(v) is list)
+            for v in item:
+                if type(v) is str:
+                    if strings:
+                        pairs += v.count(":")
+                elif type(v) is dict or type(v) is list:
+                    pending.append(v)
     return pairs
 
 
@@ -62,8 +75,9 @@ def parse_json(body: bytes) -> Any:
 
     orjson is fast but silently keeps the last of duplicated keys. Every key in
     the text needs a ':' of its own, so when the body has no more colons than
-    the parsed objects have keys, nothing was dropped; only otherwise (a colon
-    inside a string, or a real duplicate) is the slower strict parser run.
+    the parsed objects have keys (and, in a body without escapes, than their
+    strings hold), nothing was dropped; only otherwise (a colon in an escaped
+    string, or a real duplicate) is the slower strict parser run.
     """
     if not body:
         raise InvalidJSON("the request body is empty")
@@ -72,7 +86,13 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
     colons = body.count(b":")
-    if colons and (type(value) is not dict or colons > len(value)) and colons > _count_pairs(value):
+    # Without a backslash no string holds an escape, so its text is what was parsed and its
+    # colons (an ISO-8601 time has two) can be counted from the parsed value.
+    if (
+        colons
+        and (type(value) is not dict or colons > len(value))
+        and colons > _count_pairs(value, strings=b"\\" not in body)
+    ):
         try:
             _STRICT.decode(body.decode("utf-8"))
         except InvalidJSON:
