@@ -5,6 +5,7 @@ in test_redisstore.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -202,6 +203,43 @@ def test_keys_with_odd_characters_are_kept_apart(make_store: Callable[[], Accoun
             await store.get_many([account_key("m", "a:b"), account_key("m", "")])
             == [Versioned(None, 0)] * 2
         )
+
+    run(make_store(), scenario)
+
+
+def increment(store: AccountStore, key: str, times: int) -> Awaitable[int]:
+    """Count `times` on the key's first_seen by read, change, compare-and-set, again on a
+    conflict, as the event pipeline does; returns the conflicts met."""
+
+    async def body() -> int:
+        conflicts = 0
+        done = 0
+        while done < times:
+            [read] = await store.get_many([key])
+            assert read.state is not None
+            await asyncio.sleep(0)  # let the other writer in between the read and the write
+            counted = dataclasses.replace(read.state, first_seen=read.state.first_seen + 1)
+            if await store.apply_many([Update(key, read.version, counted)]):
+                conflicts += 1
+            else:
+                done += 1
+        return conflicts
+
+    return body()
+
+
+def test_concurrent_writers_lose_no_update(make_store: Callable[[], AccountStore]) -> None:
+    [start] = states(1, seed=15)
+    start = dataclasses.replace(start, first_seen=0.0)
+
+    async def scenario(store: AccountStore) -> None:
+        [key] = keys(1)
+        await store.apply_many([Update(key, 0, start)])
+        conflicts = await asyncio.gather(*(increment(store, key, 40) for _ in range(2)))
+        assert sum(conflicts) > 0  # they did collide
+        [final] = await store.get_many([key])
+        assert final.state is not None
+        assert (final.state.first_seen, final.version) == (80.0, 81)
 
     run(make_store(), scenario)
 

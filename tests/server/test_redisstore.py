@@ -5,6 +5,7 @@ at start) within the timeout. The behaviour both stores share is in test_account
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from server.accounts import AccountStore, Update, Versioned
 from server.errors import SettingsError, StateUnavailable
 from server.redisstore import DEFAULT_PREFIX, RedisStore
 from tests.conftest import flush_redis, free_port, start_redis, stop_redis
-from tests.server.test_account_stores import keys, run, states
+from tests.server.test_account_stores import increment, keys, run, states
 
 
 class RoundTrips:
@@ -94,6 +95,31 @@ def test_redis_reads_and_writes_a_batch_in_one_round_trip(redis_url: str) -> Non
         finally:
             await store.close()
             await proxy.close()
+
+    asyncio.run(scenario())
+
+
+def test_two_workers_sharing_redis_lose_no_update(redis_url: str) -> None:
+    """Two stores, each with its own connections, as two worker processes would have."""
+    flush_redis(redis_url)
+    [start] = states(1, seed=16)
+    start = dataclasses.replace(start, first_seen=0.0)
+    [key] = keys(1)
+
+    async def scenario() -> None:
+        workers = [RedisStore(redis_url), RedisStore(redis_url)]
+        for store in workers:
+            await store.start()
+        try:
+            await workers[0].apply_many([Update(key, 0, start)])
+            conflicts = await asyncio.gather(*(increment(store, key, 40) for store in workers))
+            assert sum(conflicts) > 0
+            [final] = await workers[1].get_many([key])
+            assert final.state is not None
+            assert (final.state.first_seen, final.version) == (80.0, 81)
+        finally:
+            for store in workers:
+                await store.close()
 
     asyncio.run(scenario())
 
