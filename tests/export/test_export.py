@@ -19,6 +19,7 @@ from export.verify import (
     check_ops,
     check_parity,
 )
+from features.events import DEFINITIONS
 from training.preprocessing import Preprocessing
 
 
@@ -67,6 +68,18 @@ def test_metadata_is_the_contract(tiny_model_dir: Path, tiny_run: Path) -> None:
     assert meta["data_sha256"] == json.loads((tiny_run / "data.json").read_text())["sha256"]
     assert meta["model_name"] == "tiny" and meta["model_version"] == "1"
     assert meta["created_at"]
+    # Features computed from the synthetic event stream name the definitions that made them.
+    assert meta["feature_definitions"] == DEFINITIONS
+    assert json.loads((tiny_run / "data.json").read_text())["feature_definitions"] == DEFINITIONS
+
+
+def test_feature_definitions_only_for_features_made_from_events() -> None:
+    from export.artifact import feature_definitions_metadata
+
+    assert feature_definitions_metadata({"source": "table", "sha256": "0"}) == {}
+    assert feature_definitions_metadata({"feature_definitions": "x/2"}) == {
+        "feature_definitions": "x/2"
+    }
 
 
 def test_artifact_takes_raw_features(tiny_model_dir: Path, tiny_run: Path) -> None:
