@@ -317,3 +317,24 @@ def test_answers_match_the_documented_schemas_and_the_example_scores() -> None:
     check("EventResult", single.json())
     check("EventBatchResponse", batch.json())
     check("EventRequest", EXAMPLE_EVENT)
+
+
+def test_a_lost_redis_gives_503_state_unavailable_and_applies_nothing(tmp_path: Path) -> None:
+    from tests.conftest import start_redis, stop_redis
+
+    process, url = start_redis(tmp_path)
+    try:
+        with client_for(events_scorer(), state_url=url) as client:
+            first = client.post("/v1/events/score", json=event(0), headers=HEADERS)
+            stop_redis(process)
+            lost = client.post("/v1/events/score", json=event(1), headers=HEADERS)
+            batch = client.post(
+                "/v1/events/score/batch", json={"events": [event(2)]}, headers=HEADERS
+            )
+            features = client.post("/v1/score", json={"features": [0.1] * 10}, headers=HEADERS)
+    finally:
+        stop_redis(process)
+    assert first.status_code == 200
+    assert lost.status_code == batch.status_code == 503
+    assert lost.json()["error"]["code"] == "state_unavailable"
+    assert features.status_code == 200  # the feature routes do not need the store
