@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn
 
@@ -114,8 +113,7 @@ class Event(NamedTuple):  # built per request: a tuple is cheaper than a datacla
     account_opened_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AccountState:
+class AccountState(NamedTuple):
     """What an account's events leave behind; never changed in place (advance makes a new one),
     so a store may hand out the object it holds."""
 
@@ -130,31 +128,23 @@ class AccountState:
     event_ids: tuple[int, ...]
 
     def to_json(self) -> list[Any]:
-        """A JSON-ready list; floats survive orjson/json exactly (shortest round-trip form)."""
-        return [
-            self.first_seen,
-            self.opened_at,
-            [list(m) for m in self.minutes],
-            [list(d) for d in self.days],
-            list(self.devices),
-            list(self.payees),
-            list(self.event_ids),
-        ]
+        """A JSON-ready list (tuples encode as arrays); floats survive orjson and json
+        exactly (shortest round-trip form)."""
+        return list(self)
 
     @classmethod
     def from_json(cls, value: Sequence[Any]) -> AccountState:
         first_seen, opened_at, minutes, days, devices, payees, event_ids = value
+        # The values are what to_json wrote (JSON keeps ints and floats apart); only the
+        # lists become tuples. This runs for every account of every batch read from Redis.
         return cls(
             float(first_seen),
             None if opened_at is None else float(opened_at),
-            tuple((int(m), int(c)) for m, c in minutes),
-            tuple(
-                (int(d), int(c), float(a), float(x), float(y), float(z))
-                for d, c, a, x, y, z in days
-            ),
-            tuple(int(v) for v in devices),
-            tuple(int(v) for v in payees),
-            tuple(int(v) for v in event_ids),
+            tuple(map(tuple, minutes)),
+            tuple(map(tuple, days)),
+            tuple(devices),
+            tuple(payees),
+            tuple(event_ids),
         )
 
 

@@ -5,7 +5,6 @@ in test_redisstore.py."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -218,7 +217,7 @@ def increment(store: AccountStore, key: str, times: int) -> Awaitable[int]:
             [read] = await store.get_many([key])
             assert read.state is not None
             await asyncio.sleep(0)  # let the other writer in between the read and the write
-            counted = dataclasses.replace(read.state, first_seen=read.state.first_seen + 1)
+            counted = read.state._replace(first_seen=read.state.first_seen + 1)
             if await store.apply_many([Update(key, read.version, counted)]):
                 conflicts += 1
             else:
@@ -230,7 +229,7 @@ def increment(store: AccountStore, key: str, times: int) -> Awaitable[int]:
 
 def test_concurrent_writers_lose_no_update(make_store: Callable[[], AccountStore]) -> None:
     [start] = states(1, seed=15)
-    start = dataclasses.replace(start, first_seen=0.0)
+    start = start._replace(first_seen=0.0)
 
     async def scenario(store: AccountStore) -> None:
         [key] = keys(1)

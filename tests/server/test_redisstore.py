@@ -5,7 +5,6 @@ at start) within the timeout. The behaviour both stores share is in test_account
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -103,7 +102,7 @@ def test_two_workers_sharing_redis_lose_no_update(redis_url: str) -> None:
     """Two stores, each with its own connections, as two worker processes would have."""
     flush_redis(redis_url)
     [start] = states(1, seed=16)
-    start = dataclasses.replace(start, first_seen=0.0)
+    start = start._replace(first_seen=0.0)
     [key] = keys(1)
 
     async def scenario() -> None:
