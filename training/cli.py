@@ -1,6 +1,6 @@
 """Command line: python -m training --data {synthetic,creditcard} [--csv PATH] --out DIR, or
 python -m training --table PATH --label COL --time COL [--features a,b] [--log-features x]
-[--fill-missing median] --out DIR."""
+[--fill-missing median] --out DIR, or python -m training --events PATH --label COL --out DIR."""
 
 from __future__ import annotations
 
@@ -48,7 +48,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--data", choices=PRESETS, help="a preset (default: synthetic)")
     parser.add_argument("--csv", dest="csv_path", help="path to creditcard.csv")
     parser.add_argument("--table", dest="table_path", help="a CSV or Parquet table to train on")
-    parser.add_argument("--label", dest="label_column", help="the table's 0/1 fraud column")
+    parser.add_argument(
+        "--events",
+        dest="events_path",
+        help="a CSV or Parquet table of raw mobile-money events to compute the features from",
+    )
+    parser.add_argument(
+        "--label", dest="label_column", help="the table's (or event table's) 0/1 fraud column"
+    )
     parser.add_argument(
         "--time", dest="time_column", help="the table's time column (epoch seconds or ISO-8601)"
     )
@@ -78,7 +85,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             default=defaults[name],
         )
     args = vars(parser.parse_args(argv))
-    if args["table_path"] is not None:
+    if args["events_path"] is not None:
+        for flag, key in (("--data", "data"), ("--table", "table_path"), ("--csv", "csv_path")):
+            if args[key] is not None:
+                raise ValueError(
+                    f"--events and {flag} cannot be combined: events are their own data"
+                )
+        if args["label_column"] is None:
+            raise ValueError("--events needs --label COL, the events' 0/1 fraud column")
+        table_only = ("--time", "--features", "--log-features", "--fill-missing")
+        keys = ("time_column", "features", "log_features", "fill_missing")
+        given = [f for f, k in zip(table_only, keys, strict=True) if args[k] not in (None, ())]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} apply to --table; events have their time and features"
+            )
+        args["data"] = "events"
+    elif args["table_path"] is not None:
         if args["data"] is not None:
             raise ValueError("--table and --data cannot be combined: a table is its own data")
         if args["csv_path"] is not None:

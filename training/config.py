@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.table import check_column_choice
 
-DATA_SOURCES = ("synthetic", "creditcard", "table")
+DATA_SOURCES = ("synthetic", "creditcard", "table", "events")
 # Only a table run has these; the presets fix their own columns.
 TABLE_FIELDS = (
     "table_path",
@@ -34,6 +35,9 @@ class TrainConfig:
     features: tuple[str, ...] | None = None  # None: every numeric column but label and time
     log_features: tuple[str, ...] = ()
     fill_missing: str | None = None  # "median", or None: a missing cell is an error
+    # Raw events (data="events"): a CSV or Parquet table of features.events.EVENT_FIELDS and
+    # label_column; the features are computed from them (see training/event_table.py).
+    events_path: str | None = None
     seed: int = 42
     synthetic_rows: int = 100_000
     # The generator's seed; None: the run's seed. Set apart when runs of several seeds must
@@ -92,14 +96,20 @@ class TrainConfig:
                 self.log_features,
                 self.fill_missing,
             )
-        else:
-            given = [
-                name
-                for name in TABLE_FIELDS
-                if getattr(self, name) != TrainConfig.__dataclass_fields__[name].default
-            ]
+        elif self.data == "events":
+            if not self.events_path or not self.label_column:
+                raise ValueError(
+                    "an events run needs events_path and its label (--events, --label)"
+                )
+            given = self._given(name for name in TABLE_FIELDS if name != "label_column")
             if given:
                 raise ValueError(f"{', '.join(given)} apply to a table run only (--table)")
+        else:
+            given = self._given(TABLE_FIELDS)
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to a table run only (--table)")
+        if self.data != "events" and self.events_path is not None:
+            raise ValueError("events_path applies to an events run only (--events)")
         name = self.resolved_model_name
         if not name or name.startswith(".") or "/" in name or "\\" in name:
             raise ValueError(f"model name {name!r} cannot be a folder name; pass --name")
@@ -124,6 +134,11 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
+    def _given(self, names: Iterable[str]) -> list[str]:
+        """The fields among `names` set away from their defaults."""
+        fields = TrainConfig.__dataclass_fields__
+        return [name for name in names if getattr(self, name) != fields[name].default]
+
     @property
     def resolved_synthetic_seed(self) -> int:
         return self.seed if self.synthetic_seed is None else self.synthetic_seed
@@ -134,6 +149,8 @@ class TrainConfig:
             return self.model_name
         if self.data == "table" and self.table_path:
             return Path(self.table_path).stem
+        if self.data == "events" and self.events_path:
+            return Path(self.events_path).stem
         return self.data
 
     def to_dict(self) -> dict[str, object]:
@@ -141,10 +158,13 @@ class TrainConfig:
         if values["synthetic_seed"] in (None, self.seed):
             # The same data either way: one form, the one saved before the field existed.
             del values["synthetic_seed"]
+        if self.data == "events":
+            return {k: v for k, v in values.items() if k not in TABLE_FIELDS or k == "label_column"}
         if self.data != "table":
-            # A preset's config.json stays as it was before tables existed, so a saved run
-            # still matches its config (training/compare.py reuses runs that do).
-            return {k: v for k, v in values.items() if k not in TABLE_FIELDS}
+            # A preset's config.json stays as it was before tables and event tables existed,
+            # so a saved run still matches its config (training/compare.py reuses runs that do).
+            return {k: v for k, v in values.items() if k not in (*TABLE_FIELDS, "events_path")}
+        del values["events_path"]
         for name in ("features", "log_features"):
             names = getattr(self, name)
             if names is not None:

@@ -47,6 +47,11 @@ def load_dataset(config: TrainConfig) -> Dataset:
             log_features=config.log_features,
             fill_missing=config.fill_missing,
         )
+    if config.data == "events":
+        from training.event_table import load_events
+
+        assert config.events_path and config.label_column  # checked by TrainConfig
+        return load_events(config.events_path, label=config.label_column)
     if config.data == "creditcard":
         from training.creditcard import load_creditcard
 
@@ -86,6 +91,8 @@ def data_record(config: TrainConfig, data: Dataset, split: Split) -> dict[str, o
         # Which event-feature code computed the features: export names it in the model, and
         # the server scores raw events only for a model whose definitions it runs itself.
         record["feature_definitions"] = data.definitions
+    if config.data == "events":
+        record["events"] = {"path": config.events_path, "label": config.label_column}
     if config.data == "table":
         missing = np.isnan(data.features).sum(axis=0)
         record["table"] = {
