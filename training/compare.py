@@ -261,9 +261,11 @@ def same_model(saved: dict[str, object], config: TrainConfig) -> bool:
     return all(before.get(k) == now.get(k) for k in keys)
 
 
-def lstm_cnn_run(config: TrainConfig) -> Path:
-    """A trained run of `config`, reused when its folder already holds one of the same config."""
-    from training.train import CONFIG_FILE, MODEL_FILE, run
+def lstm_cnn_run(config: TrainConfig, data_sha256: str | None = None) -> Path:
+    """A trained run of `config`, reused when its folder already holds one of the same config
+    (and, given `data_sha256`, trained on that data: a changed generator makes other data from
+    the same config)."""
+    from training.train import CONFIG_FILE, DATA_FILE, MODEL_FILE, run
 
     out = Path(config.out_dir)
     saved = out / CONFIG_FILE
@@ -271,9 +273,14 @@ def lstm_cnn_run(config: TrainConfig) -> Path:
         (out / MODEL_FILE).exists()
         and saved.exists()
         and same_model(json.loads(saved.read_text()), config)
+        and (data_sha256 is None or same_data(out / DATA_FILE, data_sha256))
     ):
         run(config)
     return out
+
+
+def same_data(data_file: Path, sha256: str) -> bool:
+    return data_file.exists() and json.loads(data_file.read_text()).get("sha256") == sha256
 
 
 def keras_predict(run_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -347,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=str(args.runs / f"seed-{seed}"),
             synthetic_seed=shipped_config.resolved_synthetic_seed,
         )
-        predict = keras_predict(lstm_cnn_run(config))
+        predict = keras_predict(lstm_cnn_run(config, data.sha256))
         results.append(
             measure(LSTM_CNN, seed, predict, validation, test, review_recall, timed=shipped_onnx)
         )

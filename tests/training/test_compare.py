@@ -165,6 +165,16 @@ def test_a_saved_run_is_reused_when_it_trains_the_same_model() -> None:
     )
 
 
+def test_a_saved_run_of_other_data_is_not_reused(tmp_path: Path) -> None:
+    from training.compare import same_data
+
+    (tmp_path / "data.json").write_text(json.dumps({"sha256": "abc", "rows": 3}))
+    assert same_data(tmp_path / "data.json", "abc")
+    # The same config on a changed generator: other data, so the run is trained again.
+    assert not same_data(tmp_path / "data.json", "def")
+    assert not same_data(tmp_path / "missing.json", "abc")
+
+
 def test_other_seeds_train_on_the_shipped_models_generated_data() -> None:
     from training.config import TrainConfig
     from training.train import load_dataset
