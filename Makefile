@@ -109,7 +109,7 @@ gate: $(VENV)/.installed $(SERVE_VENV)/.installed
 
 # Side by side with wrk: a bare Starlette floor, this server, FastAPI+pydantic+ORT
 # and FastAPI+Keras, at concurrency 1, 8, 32 and 128. wrk is Debian's package.
-bench: $(VENV)/.installed $(SERVE_VENV)/.installed
+bench: $(VENV)/.installed $(SERVE_VENV)/.installed redis
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/python -m benchmarks.bench
 

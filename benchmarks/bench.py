@@ -1,16 +1,21 @@
-"""Throughput and latency of POST /v1/score against three baselines, under wrk.
+"""Throughput and latency of POST /v1/score against three baselines, and of raw events, under wrk.
 
 Runs five targets one at a time, each under uvicorn with identical flags on a free loopback port:
 floor (a bare Starlette endpoint, benchmarks/baselines/floor.py), server (server.app), server_v2
 (server.app, the same rows as Open Inference Protocol JSON to /v2/models/<name>/infer),
 fastapi_ort (FastAPI + one onnxruntime run per request) and keras_predict (FastAPI + Keras
 model.predict); fastapi_ort_async, the same with an `async def` endpoint, runs only if asked for.
+events and events_redis post raw events to /v1/models/mobile-money/events/score, the account
+state in process and in a redis-server of the benchmark's own; every request is a new event
+(benchmarks/eventload.py), and every account has a short history before the load.
 Each gets the same 256 pre-encoded rows, drawn with a fixed seed from normal distributions with
 the training mean and std in the ONNX metadata, from `wrk --latency` at every concurrency: a
 warm-up run, then a measured one. It also times onnxruntime alone per row at batch 1, 8 and 64.
 Prints a table and the ratios the server is held to, and writes benchmarks/results/<UTC>.json and
 .png, copied to latest.json and latest.png. Needs wrk (Debian package `wrk`) and the .venv with
-requirements-bench.txt installed. Exits 1 if a target could not be measured.
+requirements-bench.txt installed, and redis-server for events_redis. Exits 1 if a target
+could not be measured or an event was not answered 2xx, at once if the newest mobile-money
+version in models/ does not take raw events.
 
     make bench
     .venv/bin/python -m benchmarks.bench --duration 5 --concurrency 1,32 --targets floor,server
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -38,13 +44,19 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.serving import ROOT, model_env, uvicorn_server, wait_ready
+from benchmarks import eventload
+from benchmarks.eventload import EventStream
+from benchmarks.redis_server import MISSING as REDIS_MISSING
+from benchmarks.redis_server import redis_server
+from benchmarks.serving import ROOT, model_env, shipped_model_dir, uvicorn_server, wait_ready
+from benchmarks.summary import compare, fmt, plot, print_summary, shares
+from benchmarks.wrk import WRK_THREADS, WRK_TIMEOUT_S, run_wrk, run_wrk_script
 from server.scorer import session_options
 
-LUA = ROOT / "benchmarks/wrk_post.lua"
 V1_SCORE = "/v1/score"
 V2_INFER = "/v2/models/{model}/infer"
 V1_NAMED = "/v1/models/{model}/score"
+V1_EVENTS = "/v1/models/{model}/events/score"
 SERVER = "server.app:create_app"
 # target: (uvicorn factory, route it is measured on, settings on top of the defaults)
 TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -55,34 +67,22 @@ TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "server_named": (SERVER, V1_NAMED, {}),
     "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE, {}),
     "keras_predict": ("benchmarks.baselines.fastapi_keras:create_app", V1_SCORE, {}),
+    # Raw events on the --events-model-dir model; events_redis gets FRAUD_STATE_URL at start.
+    "events": (SERVER, V1_EVENTS, {}),
+    "events_redis": (SERVER, V1_EVENTS, {}),
     # Not run by default: what the server's own features cost (make bench-overhead),
     # and fastapi_ort with an `async def` endpoint.
     "server_no_metrics": (SERVER, V1_SCORE, {"FRAUD_METRICS": "false"}),
     "server_access_log": (SERVER, V1_SCORE, {"FRAUD_ACCESS_LOG": "true"}),
     "fastapi_ort_async": ("benchmarks.baselines.fastapi_ort:create_async_app", V1_SCORE, {}),
 }
-DEFAULT_TARGETS = "floor,server,server_v2,fastapi_ort,keras_predict"
-# (target, baseline): requests/s ratios printed when both ran
-SHARES = (
-    ("server_v2", "server"),
-    ("server_named", "server"),
-    ("server", "server_no_metrics"),
-    ("server_access_log", "server"),
-)
+DEFAULT_TARGETS = "floor,server,server_v2,fastapi_ort,keras_predict,events,events_redis"
+REDIS_TARGETS = ("events_redis",)
 KERAS_RUN = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"), "model.keras")
 DISTINCT_BODIES = 256
 READY_TIMEOUT_S = 60.0
-WRK_TIMEOUT_S = 10  # wrk's default of 2 s would turn keras_predict's queueing into errors
 ORT_BATCHES = (1, 8, 64)
 PACKAGES = ("onnxruntime", "starlette", "uvicorn", "fastapi", "pydantic", "numpy", "tensorflow")
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
-# ratio: (goal, True if it must be at least the goal else at most, at these concurrencies or all)
-GOALS: dict[str, tuple[float, bool, tuple[int, ...] | None]] = {
-    "server/floor rps": (0.80, True, (32,)),
-    "server/floor p99": (2.0, False, (1,)),
-    "server/fastapi_ort rps": (3.0, True, None),
-    "server/keras_predict rps": (300.0, True, None),
-}
 ROW = "{:<18}{:>5}{:>11}{:>9}{:>9}{:>8}"
 
 
@@ -93,6 +93,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,8,32,128")
     parser.add_argument("--targets", default=DEFAULT_TARGETS, help=f"of {', '.join(TARGETS)}")
     parser.add_argument("--model-dir", default="models/creditcard/2")
+    parser.add_argument(
+        "--events-model-dir",
+        type=Path,
+        default=shipped_model_dir("mobile-money"),
+        help="the model the event targets serve: by default the newest mobile-money in models/",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rounds",
@@ -146,64 +152,51 @@ def check_score(port: int, path: str, body: str, key: str) -> str | None:
     return None if response.status == 200 else f"POST answered {response.status}: {answer!r:.300}"
 
 
-def parse_wrk(out: str) -> dict[str, Any]:
-    """Requests/s, latency percentiles in ms, and error counts from `wrk --latency` output."""
-    result: dict[str, Any] = {"requests": int(re.search(r"(\d+) requests in", out)[1])}
-    result["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
-    if result["requests"]:  # with none, wrk prints a latency of 0
-        pattern = r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$"
-        for q, value, unit in re.findall(pattern, out, re.M):
-            result[f"p{q}_ms"] = round(float(value) * UNITS[unit], 4)
-    # wrk prints these two lines only when a count is not zero.
-    found = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    counts = map(int, found.groups()) if found else (0, 0, 0, 0)
-    result["socket_errors"] = dict(
-        zip(("connect", "read", "write", "timeout"), counts, strict=True)
-    )
-    found = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["non_2xx"] = int(found[1]) if found else 0
-    result["errors"] = result["non_2xx"] + sum(result["socket_errors"].values())
-    return result
-
-
-def run_wrk(
-    port: int, path: str, concurrency: int, seconds: int, bodies: Path, key: str
-) -> dict[str, Any]:
-    # One wrk thread at every concurrency: this machine has 2 cores, the server (one worker, one
-    # ORT thread) needs one, and one wrk thread sends ~20,000 requests/s here on a third of a core,
-    # more than any target serves; a second wrk thread would take CPU from the server it measures.
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s"]
-    command += ["--latency", "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
-    command += ["--", str(bodies), key]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    if done.returncode:
-        raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr}")
-    return parse_wrk(done.stdout)
-
-
-def fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def bench_target(
     name: str, args: argparse.Namespace, env: dict[str, str], bodies: dict[str, Path], key: str
 ) -> tuple[dict[str, Any], str | None]:
     """The target's wrk results per concurrency, printed as they come, and why it stopped if so."""
     runs: dict[str, Any] = {}
     error: str | None = None
+    rejected: list[str] = []  # event runs with answers other than 2xx: not scoring work
     app, route, overrides = TARGETS[name]
-    path, payloads = route.format(model=env["FRAUD_MODEL_NAME"]), bodies[route]
+    settings = env | overrides
+    # Every server process starts with no account state, so each gets a stream of its own.
+    stream = EventStream() if route == V1_EVENTS else None
+    if stream is not None:
+        settings |= model_env(args.events_model_dir)
+    path = route.format(model=settings["FRAUD_MODEL_NAME"])
+
+    def load(port: int, c: int, seconds: int) -> dict[str, Any]:
+        if stream is None:
+            return run_wrk(port, path, c, seconds, bodies[route], key)
+        script_args = stream.wrk_args(key, WRK_THREADS)
+        r = run_wrk_script(port, path, c, seconds, eventload.LUA, script_args)
+        # wrk counts the answered requests; up to c more were in flight when it stopped.
+        stream.sent(r["requests"] + sum(r["socket_errors"].values()) + c)
+        if r["non_2xx"]:
+            rejected.append(f"{r['non_2xx']} of {r['requests']} events not 2xx at c={c}")
+        return r
+
     try:
-        with uvicorn_server(app, env | overrides, timeout_s=READY_TIMEOUT_S) as server:
-            first = payloads.read_text().splitlines()[0]
+        with ExitStack() as stack:
+            if name in REDIS_TARGETS:
+                settings["FRAUD_STATE_URL"] = stack.enter_context(redis_server())
+            server = stack.enter_context(uvicorn_server(app, settings, timeout_s=READY_TIMEOUT_S))
+            if stream is None:
+                first = bodies[route].read_text().splitlines()[0]
+            else:
+                first = stream.bodies(1)[0]
             error = check_score(server.port, path, first, key)
+            if stream is not None and error is None:
+                error = eventload.prime(server.port, path + "/batch", key, stream)
             for c in [] if error else args.concurrency:
                 if args.warmup:
-                    run_wrk(server.port, path, c, args.warmup, payloads, key)
+                    load(server.port, c, args.warmup)
                     # A target still working through requests wrk abandoned (keras_predict's
                     # thread pool) must not pass that backlog on to the next run.
                     wait_ready(server, "/v1/health/ready", READY_TIMEOUT_S)
-                runs[str(c)] = r = run_wrk(server.port, path, c, args.duration, payloads, key)
+                runs[str(c)] = r = load(server.port, c, args.duration)
                 p50, p99 = fmt(r.get("p50_ms")), fmt(r.get("p99_ms"))
                 print(ROW.format(name, c, f"{r['rps']:.1f}", p50, p99, r["errors"]), flush=True)
                 wait_ready(server, "/v1/health/ready", READY_TIMEOUT_S)
@@ -212,6 +205,9 @@ def bench_target(
         error, output = str(exc).splitlines()[0], str(exc)
     if error or "Traceback" in output:
         print(f"{name}: {error or 'logged a traceback'}; its log ends:\n{output[-3000:]}")
+    if rejected and not error:
+        error = "; ".join(rejected)
+        print(f"{name}: {error}")
     return runs, error
 
 
@@ -222,78 +218,6 @@ def median_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         runs = sorted((r[c] for r in rounds if c in r), key=lambda run: run["rps"])
         result[c] = runs[(len(runs) - 1) // 2] | {"rounds_rps": [r["rps"] for r in runs]}
     return dict(sorted(result.items(), key=lambda item: int(item[0])))
-
-
-def compare(results: dict[str, dict[str, Any]], cs: list[int]) -> tuple[dict, list]:
-    """The server's ratio to each baseline per concurrency, and the goals checked on them."""
-    ratios: dict[str, dict[str, float | None]] = {}
-    goals = []
-    for name, (goal, at_least, only) in GOALS.items():
-        baseline, field = name.removeprefix("server/").split()
-        field = field if field == "rps" else f"{field}_ms"
-        ratios[name] = {}
-        for c in cs:
-            a = results.get("server", {}).get(str(c), {}).get(field)
-            b = results.get(baseline, {}).get(str(c), {}).get(field)
-            ratios[name][str(c)] = value = a / b if a and b else None
-            if value is not None and (only is None or c in only):
-                met = value >= goal if at_least else value <= goal
-                goals.append(dict(ratio=name, concurrency=c, goal=goal, value=value, met=met))
-    return ratios, goals
-
-
-def print_summary(report: dict[str, Any]) -> None:
-    cs = report["concurrency"]
-    print(f"\n{'ratio':<26}" + "".join(f"{'c=' + str(c):>10}" for c in cs) + "  goal")
-    for name, values in report["ratios"].items():
-        goal, at_least, only = GOALS[name]
-        where = f" at c={','.join(map(str, only))}" if only else ""
-        cells = "".join(f"{fmt(v):>10}" for v in values.values())
-        print(f"{name:<26}{cells}  {'>=' if at_least else '<='} {goal:g}{where}")
-    missed = [g for g in report["goals"] if not g["met"]]
-    print(f"goals met: {len(report['goals']) - len(missed)} of {len(report['goals'])}", end="")
-    print("".join(f"; missed {g['ratio']} at c={g['concurrency']}" for g in missed))
-    for target, baseline in SHARES:
-        a, b = report["results"].get(target, {}), report["results"].get(baseline, {})
-        both = [str(c) for c in cs if str(c) in a and str(c) in b]
-        if both:
-            shares = ", ".join(f"c={c}: {a[c]['rps'] / b[c]['rps']:.3f}" for c in both)
-            print(f"{target}/{baseline} rps: {shares}")
-    per_row = ", ".join(f"batch {b}: {us:.2f}" for b, us in report["ort_us_per_row"].items())
-    print(f"onnxruntime session.run alone, median us per row: {per_row}")
-    for target, note in report["notes"].items():
-        print(f"note, {target}: {note}")
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cs = report["concurrency"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for target, runs in report["results"].items():
-        done = [c for c in cs if str(c) in runs]
-        color = left.plot(done, [runs[str(c)]["rps"] for c in done], "o-", label=target)[0]
-        for q, style in (("p50", "o--"), ("p99", "s-")):
-            points = [(c, runs[str(c)][f"{q}_ms"]) for c in done if f"{q}_ms" in runs[str(c)]]
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            right.plot(xs, ys, style, color=color.get_color(), label=f"{target} {q}")
-    left.set(title="throughput", ylabel="requests/s (log)")
-    right.set(title="latency: p50 dashed, p99 solid", ylabel="ms (log)")
-    for ax in (left, right):
-        ax.set(xscale="log", yscale="log", xlabel="concurrent connections (wrk -c)")
-        ax.set_xticks(cs, [str(c) for c in cs])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    machine = report["machine"]
-    fig.suptitle(
-        f"POST /v1/score, {machine['nproc']} cores, {machine['git']}, {report['started_at']}"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def machine_info() -> dict[str, Any]:
@@ -317,6 +241,11 @@ def main() -> int:
     args = parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: it is Debian's package `wrk` (apt-get install -y wrk)")
+    events = [t for t in args.targets if TARGETS[t][1] == V1_EVENTS]
+    if events and (problem := eventload.model_problem(ROOT / args.events_model_dir)):
+        sys.exit(f"cannot run {', '.join(events)}: {problem}")
+    if set(REDIS_TARGETS) & set(args.targets) and shutil.which("redis-server") is None:
+        sys.exit(REDIS_MISSING)
     started, stamp = time.monotonic(), datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     session = load_session(ROOT / args.model_dir / "model.onnx")
     meta = session.get_modelmeta().custom_metadata_map
@@ -384,13 +313,15 @@ def main() -> int:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "warmup_s": args.warmup,
-        "wrk": {"threads": 1, "timeout_s": WRK_TIMEOUT_S},
+        "wrk": {"threads": WRK_THREADS, "timeout_s": WRK_TIMEOUT_S},
         "payloads": {"distinct": DISTINCT_BODIES, "seed": args.seed, "model_dir": args.model_dir},
+        "events": EventStream().describe() | {"model_dir": str(args.events_model_dir)},
         "machine": machine_info(),
         "ort_us_per_row": ort_us,
         "results": results,
         "failures": failures,
         "ratios": ratios,
+        "shares": shares(results, args.concurrency),
         "goals": goals,
         "notes": notes,
     }

@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import run_wrk
 from benchmarks.serving import ROOT, SERVE_PYTHON, SERVER_FACTORY, uvicorn_server
+from benchmarks.wrk import run_wrk
 
 DEFAULT_ROUTE = "/v1/score"
 NAMED_ROUTE = "/v1/models/creditcard/score"
