@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any, NamedTuple
@@ -122,7 +123,7 @@ class EventPipeline:
         self.store = store
         self.model = model
         self.max_batch = max_batch  # events per store round trip (a request's are never split)
-        self._waiting: list[_Job] = []
+        self._waiting: deque[_Job] = deque()
         self._busy = False
         self.conflicts = 0  # accounts folded again after another worker wrote them
         self.replays = 0
@@ -144,7 +145,7 @@ class EventPipeline:
                 size = 0
                 waiting = self._waiting
                 while waiting and (not jobs or size + len(waiting[0].events) <= self.max_batch):
-                    job = waiting.pop(0)
+                    job = waiting.popleft()
                     jobs.append(job)
                     size += len(job.events)
                 await self._run(jobs)
