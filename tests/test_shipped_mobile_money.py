@@ -1,20 +1,23 @@
-"""The shipped mobile-money model: the generator remakes its data exactly, and re-scoring the
-test period through onnxruntime reproduces the model card and the comparison in the docs."""
+"""The shipped mobile-money model: the generator remakes its event stream exactly, the shared
+definitions make its features, and re-scoring the test period through onnxruntime reproduces
+the model card and the comparison in the docs."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import onnx
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from features.events import DEFINITIONS, FEATURES
 from server.scorer import OnnxScorer
 from tests.conftest import ROOT
 from training.datasets import time_split
-from training.synthetic import FEATURES, generate
+from training.synthetic import dataset_from_events, generate_events
 
-MODEL_DIR = ROOT / "models" / "mobile-money" / "1"
+MODEL_DIR = ROOT / "models" / "mobile-money" / "2"
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +32,23 @@ def test_the_model_card_says_what_was_trained(scorer: OnnxScorer) -> None:
         1_000_000,
         "mobile-money",
     )
-    assert scorer.info.name == "mobile-money" and scorer.info.version == "1"
+    assert scorer.info.name == "mobile-money" and scorer.info.version == "2"
     assert scorer.info.feature_names == FEATURES
+    # Its features came from raw events through the definitions the server runs.
+    meta = {p.key: p.value for p in onnx.load(MODEL_DIR / "model.onnx").metadata_props}
+    assert meta["feature_definitions"] == DEFINITIONS
+    data = json.loads((MODEL_DIR / "data.json").read_text())
+    assert data["feature_definitions"] == DEFINITIONS
     card = json.loads((MODEL_DIR / "metrics.json").read_text())
     assert scorer.info.metrics == {"validation": card["validation"], "test": card["test"]}
 
 
 def test_rescoring_the_test_period_reproduces_the_figures(scorer: OnnxScorer) -> None:
     config = json.loads((MODEL_DIR / "config.json").read_text())
-    data = generate(rows=config["synthetic_rows"], seed=config["seed"])
+    events = generate_events(rows=config["synthetic_rows"], seed=config["seed"])
+    data = dataset_from_events(events)
     assert json.loads((MODEL_DIR / "data.json").read_text())["sha256"] == data.sha256
+    assert len(events) == json.loads((MODEL_DIR / "data.json").read_text())["rows"]
     test = time_split(data, config["test_fraction"], config["validation_fraction"]).test
     scores = np.concatenate(
         [scorer.predict(test.features[i : i + 8192]) for i in range(0, len(test), 8192)]
