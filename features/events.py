@@ -10,8 +10,8 @@ Every feature looks only at the account's earlier events (the event itself exclu
 
   amount            the event's amount
   amount_vs_usual   amount / mean amount of the account's events in its 30-day window
-                    (1.0 when the window is empty)
-  balance_fraction  amount / balance_before (1.0 when the balance is 0)
+                    (1.0 when the window is empty), at most 1e9
+  balance_fraction  amount / balance_before (1.0 when the balance is 0), at most 1e9
   hour              UTC hour of day of the event, fractional (0 <= hour < 24)
   new_device        1 if the device is not among the account's 16 most recently used
   distance_km       great-circle distance from the centroid (on the sphere) of the locations of
@@ -86,6 +86,9 @@ MAX_PAYEES = 64
 MAX_EVENT_IDS = 64
 MAX_ID_CHARS = 128
 EARTH_RADIUS_KM = 6371.0088
+# The two ratios stop here, so that a tiny balance or usual amount cannot push a feature past
+# float32 (the model's input); nothing real comes near it.
+RATIO_CAP = 1e9
 # Amounts and balances must fit the model's float32 input.
 FLOAT_MAX = float(np.finfo(np.float32).max)
 # Timestamps from 1970 to 2200: anything else is a unit mistake (milliseconds) or garbage.
@@ -171,7 +174,9 @@ def _unpack(text: str) -> tuple[int, ...]:
 
 def digest(identifier: str) -> int:
     """A stable 64-bit digest (Python's hash() changes from process to process)."""
-    return int.from_bytes(hashlib.blake2b(identifier.encode(), digest_size=8).digest(), "little")
+    # surrogatepass: JSON may carry lone surrogates (\\udXXX), which plain UTF-8 refuses.
+    raw = identifier.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
 
 
 def unit_vector(lat: float, lon: float) -> tuple[float, float, float]:
@@ -188,7 +193,9 @@ def features(state: AccountState | None, event: Event) -> list[float]:
 def _features(state: AccountState | None, event: Event, device: int, payee: int) -> list[float]:
     t = event.timestamp
     amount = event.amount
-    balance_fraction = amount / event.balance_before if event.balance_before > 0 else 1.0
+    balance_fraction = (
+        min(amount / event.balance_before, RATIO_CAP) if event.balance_before > 0 else 1.0
+    )
     hour = (t % DAY_S) / 3600.0
     is_cash_out = 1.0 if event.type == "cash_out" else 0.0
     if state is None:
@@ -207,7 +214,7 @@ def _features(state: AccountState | None, event: Event, device: int, payee: int)
             sx += x
             sy += y
             sz += z
-    amount_vs_usual = amount / (total / count) if count else 1.0
+    amount_vs_usual = min(amount / (total / count), RATIO_CAP) if count else 1.0
     distance_km = 0.0
     norm = math.sqrt(sx * sx + sy * sy + sz * sz)
     if count and norm > 1e-12:

@@ -224,3 +224,20 @@ def test_event_from_mapping_checks_every_field_and_names_the_first_bad_one() -> 
     for field in ("event_id", "timestamp", "amount", "lat", "device_id"):
         with pytest.raises(EventError, match=f"{field} is missing"):
             event_from_mapping({k: v for k, v in good.items() if k != field})
+
+
+def test_ratios_are_capped_so_that_features_stay_within_float32() -> None:
+    rows = fold(
+        [
+            make(0, T0, amount=1e-30, balance_before=1e-300),
+            make(1, T0 + 60, amount=3e38, balance_before=2e-308),
+        ]
+    )
+    assert rows[0]["balance_fraction"] == 1e9
+    assert rows[1]["amount_vs_usual"] == 1e9 and rows[1]["balance_fraction"] == 1e9
+
+
+def test_identifiers_may_hold_lone_surrogates() -> None:
+    # JSON can escape half a surrogate pair (\\ud800); such an id is still an id.
+    rows = fold([make(0, T0, device_id="\ud800x"), make(1, T0 + 1, device_id="\ud800x")])
+    assert [r["new_device"] for r in rows] == [1.0, 0.0]
