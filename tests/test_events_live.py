@@ -234,3 +234,26 @@ def test_a_clean_restart_keeps_the_state_and_a_crash_loses_only_the_last_interva
         stop_server(server)
     # Events 11-15 came after the last snapshot: the crash lost them, and nothing else.
     assert after == 11
+
+
+def test_the_readme_examples_answer_as_the_readme_says(tmp_path: Path) -> None:
+    import json
+
+    history = json.loads((ROOT / "examples" / "mobile-money-history.json").read_text())
+    single = json.loads((ROOT / "examples" / "mobile-money-event.json").read_text())
+    server = serve(tmp_path, {})
+    try:
+        with server.client(headers=HEADERS) as client:
+            first = client.post(ROUTE + "/batch", json=history)
+            again = client.post(ROUTE + "/batch", json=history)
+            alone = client.post(ROUTE, json=single)
+    finally:
+        stop_server(server)
+    assert first.status_code == again.status_code == alone.status_code == 200
+    decisions = [r["decision"] for r in first.json()["results"]]
+    assert decisions == ["APPROVE"] * 6 + ["DECLINE"]
+    assert all(r["replayed"] for r in again.json()["results"])
+    readme = (ROOT / "README.md").read_text()
+    last = first.json()["results"][-1]
+    assert f'"fraud_probability":{last["fraud_probability"]}' in readme
+    assert alone.json()["event_id"] == single["event_id"]

@@ -20,7 +20,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 
 SHIPPED = ROOT / "models" / "creditcard" / "2"
-MOBILE = ROOT / "models" / "mobile-money" / "1"
+MOBILE = ROOT / "models" / "mobile-money" / "2"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -123,7 +123,7 @@ def test_the_other_model_can_be_picked_and_scores_with_its_own_features(
     assert [o.text for o in picker.options] == ["creditcard", "mobile-money"]
     assert picker.first_selected_option.text == "creditcard"
     picker.select_by_value("mobile-money")
-    wait.until(ready.text_to_be_present_in_element((By.ID, "model"), "mobile-money version 1"))
+    wait.until(ready.text_to_be_present_in_element((By.ID, "model"), "mobile-money version 2"))
     names = [
         i.get_attribute("name") for i in browser.find_elements(By.CSS_SELECTOR, "#features input")
     ]
@@ -131,7 +131,7 @@ def test_the_other_model_can_be_picked_and_scores_with_its_own_features(
     Select(browser.find_element(By.ID, "sample")).select_by_value(str(index))
     browser.find_element(By.ID, "score").click()
     wait.until(ready.text_to_be_present_in_element((By.ID, "decision"), "DECLINE"))
-    assert browser.find_element(By.ID, "version").text == "1"
+    assert browser.find_element(By.ID, "version").text == "2"
     assert browser.find_element(By.ID, "error").is_displayed() is False
 
 
