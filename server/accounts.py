@@ -65,6 +65,10 @@ def account_key(model: str, account_id: str) -> str:
 class MemoryStore:
     """A dict in the worker's memory, snapshotted to `snapshot_path` (None: never)."""
 
+    # get_many and apply_many never await: the event pipeline may run them to completion
+    # inside a request instead of batching (server/events.py).
+    never_waits = True
+
     def __init__(self, snapshot_path: Path | None = None, snapshot_interval_s: float = 60.0):
         self._items: dict[str, tuple[int, AccountState]] = {}
         self.snapshot_path = snapshot_path

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -128,9 +128,20 @@ class EventPipeline:
         self.conflicts = 0  # accounts folded again after another worker wrote them
         self.replays = 0
         self.applied = 0
+        # A store whose calls never wait (the in-process one) is applied at once, in the
+        # request's own turn of the loop: no batch to wait for, no task, no future.
+        self._at_once = getattr(store, "never_waits", False)
 
     async def fold(self, events: Sequence[Event]) -> list[Folded]:
         """Each event's features, with every event applied to its account's state."""
+        if self._at_once:
+            try:
+                return completed(self.apply(events))
+            except ServingError:
+                raise
+            except Exception:
+                logger.exception("applying %d events failed", len(events))
+                raise StateUnavailable("the account state could not be updated") from None
         future: asyncio.Future[list[Folded]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Job(events, future))
         if not self._busy:
@@ -201,6 +212,16 @@ class EventPipeline:
             self.conflicts += len(conflicts)
             keys = [updates[i].key for i in conflicts]
         raise StateUnavailable("the account state kept changing under other writers; retry")
+
+
+def completed(coroutine: Coroutine[Any, Any, list[Folded]]) -> list[Folded]:
+    """The value of a coroutine that never suspends, run to its end here and now."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a store that never waits waited")
 
 
 class EventScoring:
