@@ -108,7 +108,8 @@ gate: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.gate
 
 # Side by side with wrk: a bare Starlette floor, this server, FastAPI+pydantic+ORT
-# and FastAPI+Keras, at concurrency 1, 8, 32 and 128. wrk is Debian's package.
+# and FastAPI+Keras, and raw mobile-money events with the account state in process and in
+# Redis, at concurrency 1, 8, 32 and 128. wrk and redis-server are Debian's packages.
 bench: $(VENV)/.installed $(SERVE_VENV)/.installed redis
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/python -m benchmarks.bench
