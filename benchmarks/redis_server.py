@@ -11,34 +11,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.serving import free_port
+from benchmarks.serving import free_port, stop_process
 
 MISSING = "redis-server is not installed: `make redis` installs Debian's package"
+
+
+def start_redis(folder: Path, timeout_s: float = 10.0) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server answering PING on a free loopback port, its files in `folder`:
+    (process, redis:// URL). RuntimeError, with its log, if it does not come up."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(MISSING)
+    port = free_port()
+    log = folder / "redis.log"
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1"]
+    command += ["--save", "", "--appendonly", "no", "--dir", str(folder)]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        wait_for_pong(process, port, log, timeout_s)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process, f"redis://127.0.0.1:{port}/0"
 
 
 @contextmanager
 def redis_server(timeout_s: float = 10.0) -> Iterator[str]:
     """A fresh, empty Redis for the duration of the block; yields its redis:// URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(MISSING)
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as folder:
-        port = free_port()
-        log = Path(folder, "redis.log")
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", folder]
-        with log.open("wb") as handle:
-            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        process, url = start_redis(Path(folder), timeout_s)
         try:
-            wait_for_pong(process, port, log, timeout_s)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def wait_for_pong(process: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float) -> None:

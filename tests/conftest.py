@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -144,44 +143,18 @@ def live_server(
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real redis-server on a free loopback port, nothing persisted; (process, URL)."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed: `make test` installs it (make redis)")
-    port = free_port()
-    log = directory / "redis.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [
-                server,
-                *("--port", str(port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(directory)),
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"redis-server exited with {process.returncode}: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"redis-server did not answer PING in 10 s: {log.read_text()}")
+    from benchmarks.redis_server import start_redis as start
+
+    try:
+        return start(directory)
+    except RuntimeError as exc:  # not installed (make test installs it), or did not start
+        pytest.fail(str(exc))
 
 
 def stop_redis(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    from benchmarks.serving import stop_process
+
+    stop_process(process)
 
 
 @pytest.fixture(scope="session")
