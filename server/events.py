@@ -23,30 +23,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from features.events import DEFINITIONS, FEATURES, Event, EventError, advance, event_from_mapping
+from features.events import (
+    DEFINITIONS,
+    EVENT_FIELDS,
+    FEATURES,
+    Event,
+    EventError,
+    advance,
+    event_from_mapping,
+)
 from server.accounts import AccountStore, Update, account_key
-from server.errors import InvalidRequest, NotFound, ServingError, StateUnavailable
+from server.errors import InvalidRequest, NotFound, StateUnavailable
 from server.metrics import VALIDATED
 from server.payloads import _json_type, shown
 from server.service import ScoringService
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
-EVENT_KEYS = frozenset(
-    (
-        "event_id",
-        "account_id",
-        "timestamp",
-        "type",
-        "amount",
-        "balance_before",
-        "payee_id",
-        "device_id",
-        "lat",
-        "lon",
-        "account_opened_at",
-    )
-)
+EVENT_KEYS = frozenset(EVENT_FIELDS)
 RETURN_FEATURES = "return_features"
 REQUEST_KEYS = EVENT_KEYS | {RETURN_FEATURES}  # one event as the body: its fields and the flag
 # A batch's writes lost to other workers' this many times in a row: give up with a 503
@@ -107,7 +101,8 @@ def parse_event_batch(payload: Any, max_items: int) -> tuple[list[Event], bool]:
         try:
             events.append(parse_event(item, f"events[{index}]."))
         except InvalidRequest as exc:
-            raise InvalidRequest(f"event {index}: {exc.message}", field=exc.field) from None
+            field = exc.field or f"events[{index}]"
+            raise InvalidRequest(f"event {index}: {exc.message}", field=field) from None
     return events, parse_return_features(payload.get(RETURN_FEATURES, False))
 
 
@@ -124,7 +119,7 @@ class EventPipeline:
         self.model = model
         self.max_batch = max_batch  # events per store round trip (a request's are never split)
         self._waiting: deque[_Job] = deque()
-        self._busy = False
+        self._drainer: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
         self.conflicts = 0  # accounts folded again after another worker wrote them
         self.replays = 0
         self.applied = 0
@@ -135,18 +130,12 @@ class EventPipeline:
     async def fold(self, events: Sequence[Event]) -> list[Folded]:
         """Each event's features, with every event applied to its account's state."""
         if self._at_once:
-            try:
-                return completed(self.apply(events))
-            except ServingError:
-                raise
-            except Exception:
-                logger.exception("applying %d events failed", len(events))
-                raise StateUnavailable("the account state could not be updated") from None
-        future: asyncio.Future[list[Folded]] = asyncio.get_running_loop().create_future()
+            return completed(self.apply(events))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Folded]] = loop.create_future()
         self._waiting.append(_Job(events, future))
-        if not self._busy:
-            self._busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -161,16 +150,14 @@ class EventPipeline:
                     size += len(job.events)
                 await self._run(jobs)
         finally:
-            self._busy = False
+            self._drainer = None
 
     async def _run(self, jobs: list[_Job]) -> None:
         events = [event for job in jobs for event in job.events]
+        requests = [n for n, job in enumerate(jobs) for _ in job.events]
         try:
-            folded = await self.apply(events)
-        except Exception as exc:
-            if not isinstance(exc, ServingError):
-                logger.exception("applying %d events failed", len(events))
-                exc = StateUnavailable("the account state could not be updated")
+            folded = await self.apply(events, requests)
+        except Exception as exc:  # every waiting request gets it (a 503, or a logged 500)
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -181,20 +168,27 @@ class EventPipeline:
                 job.future.set_result(folded[start : start + len(job.events)])
             start += len(job.events)
 
-    async def apply(self, events: Sequence[Event]) -> list[Folded]:
+    async def apply(
+        self, events: Sequence[Event], requests: Sequence[int] | None = None
+    ) -> list[Folded]:
         """Fold `events` into their accounts' states: read once, write once with
-        compare-and-set, and fold again from fresh state the accounts that lost a race."""
+        compare-and-set, and fold again from fresh state the accounts that lost a race.
+        `requests` numbers each event's request, so that an account's events go in arrival
+        order across requests and in time order within one (ties as sent)."""
         by_key: dict[str, list[int]] = {}
         for i, event in enumerate(events):
             by_key.setdefault(account_key(self.model, event.account_id), []).append(i)
         for positions in by_key.values():
-            # Within a request the account's events go in time order (ties as sent).
-            positions.sort(key=lambda i: events[i].timestamp)
+            if requests is None:
+                positions.sort(key=lambda i: events[i].timestamp)
+            else:
+                positions.sort(key=lambda i: (requests[i], events[i].timestamp))
         results: list[Folded | None] = [None] * len(events)
         keys = list(by_key)
+        versioned = await self.store.get_many(keys)
         for _ in range(MAX_ATTEMPTS):
             updates = []
-            for key, (state, version) in zip(keys, await self.store.get_many(keys), strict=True):
+            for key, (state, version) in zip(keys, versioned, strict=True):
                 changed = False
                 for i in by_key[key]:
                     values, state, replayed = advance(state, events[i])
@@ -203,15 +197,29 @@ class EventPipeline:
                 if changed and state is not None:
                     updates.append(Update(key, version, state))
             conflicts = await self.store.apply_many(updates) if updates else []
-            if not conflicts:
+            if conflicts:
+                lost = [updates[i] for i in conflicts]
+                fresh = await self.store.get_many([update.key for update in lost])
+                # A write whose reply was lost, and which the client sent again, meets its own
+                # version and reports a conflict: the store then holds exactly what was
+                # written, and this fold stands. Any other state is another writer's.
+                again = [
+                    (update.key, now)
+                    for update, now in zip(lost, fresh, strict=True)
+                    if not (now.version == update.version + 1 and now.state == update.state)
+                ]
+                self.conflicts += len(again)
+                keys, versioned = [key for key, _ in again], [now for _, now in again]
+            if not conflicts or not keys:
                 done = [r for r in results if r is not None]
                 replays = sum(r.replayed for r in done)
                 self.replays += replays
                 self.applied += len(done) - replays
                 return done
-            self.conflicts += len(conflicts)
-            keys = [updates[i].key for i in conflicts]
-        raise StateUnavailable("the account state kept changing under other writers; retry")
+        raise StateUnavailable(
+            "the account state kept changing under other writers; some events may have been"
+            " applied: send them again (a replayed event id is counted once)"
+        )
 
 
 def completed(coroutine: Coroutine[Any, Any, list[Folded]]) -> list[Folded]:

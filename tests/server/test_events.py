@@ -4,6 +4,8 @@ the state over a restart."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ from features.events import (
     event_from_mapping,
     features_over_history,
 )
+from server.accounts import MemoryStore, Update, Versioned
 from server.app import create_app
 from server.errors import SettingsError
+from server.events import EventPipeline, Folded
 from server.settings import Settings
 from tests.server.fakes import FakeScorer, fake_info
 
@@ -338,3 +342,49 @@ def test_a_lost_redis_gives_503_state_unavailable_and_applies_nothing(tmp_path: 
     assert lost.status_code == batch.status_code == 503
     assert lost.json()["error"]["code"] == "state_unavailable"
     assert features.status_code == 200  # the feature routes do not need the store
+
+
+class SlowStore(MemoryStore):
+    """The in-process store behind a real wait, so that the pipeline batches as with Redis."""
+
+    never_waits = False
+
+    async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
+        await asyncio.sleep(0.01)
+        return await super().get_many(keys)
+
+
+class LostReplyStore(SlowStore):
+    """Writes, then reports every write as a conflict: what a client that resent a script
+    whose reply was lost sees (its own write met its own version)."""
+
+    async def apply_many(self, updates: Sequence[Update]) -> list[int]:
+        await super().apply_many(updates)
+        return list(range(len(updates)))
+
+
+def test_requests_batched_together_keep_their_arrival_order_per_account() -> None:
+    late = event_from_mapping(event(2, timestamp=T0 + 100_000, device_id="dev-a"))
+    early = event_from_mapping(event(3, timestamp=T0 + 99_990, device_id="dev-a"))
+    pipeline = EventPipeline(SlowStore(), "wallet")
+
+    async def batched() -> list[list[Folded]]:
+        # The two requests wait together for one batch: sent at once, late first.
+        return list(await asyncio.gather(pipeline.fold([late]), pipeline.fold([early])))
+
+    (a,), (b,) = asyncio.run(batched())
+    device = FEATURES.index("new_device")
+    assert a.features[device] == 1.0 and b.features[device] == 0.0  # as they arrived
+
+
+def test_a_write_whose_reply_was_lost_keeps_its_features_and_is_not_a_replay() -> None:
+    pipeline = EventPipeline(LostReplyStore(), "wallet")
+    bodies = [event(n) for n in range(3)]
+
+    async def send() -> list[Folded]:
+        return [(await pipeline.fold([event_from_mapping(b)]))[0] for b in bodies]
+
+    folded = asyncio.run(send())
+    assert [f.replayed for f in folded] == [False] * 3
+    assert [f.features for f in folded] == offline(bodies)
+    assert pipeline.conflicts == 0 and pipeline.applied == 3
