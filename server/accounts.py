@@ -15,6 +15,7 @@ applied since the last snapshot, a clean stop loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -76,6 +77,10 @@ class MemoryStore:
         self._task: asyncio.Task[None] | None = None
         self._written_version = 0  # writes counted, to skip a snapshot when nothing changed
         self._writes = 0
+        # One snapshot at a time, and the last one is the last written: a write still in its
+        # thread when the interval task is cancelled is waited for before the final one.
+        self._lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -90,7 +95,12 @@ class MemoryStore:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
             self._task = None
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
         if self.snapshot_path is not None:
             await self.write_snapshot()
 
@@ -139,19 +149,24 @@ class MemoryStore:
     async def write_snapshot(self) -> None:
         """Every account as it stands now. States are never changed in place, so a shallow
         copy taken on the loop is consistent; the encoding and the write run in a thread."""
-        if self.snapshot_path is None or self._writes == self._written_version:
-            return
-        writes = self._writes
-        items = list(self._items.items())
-        await asyncio.to_thread(write_snapshot_file, self.snapshot_path, items)
-        self._written_version = writes
+        async with self._lock:
+            if self.snapshot_path is None or self._writes == self._written_version:
+                return
+            writes = self._writes
+            items = list(self._items.items())
+            self._writing = asyncio.ensure_future(
+                asyncio.to_thread(write_snapshot_file, self.snapshot_path, items)
+            )
+            # Shielded: cancelling the waiter must not leave a thread writing unseen.
+            await asyncio.shield(self._writing)
+            self._written_version = writes
 
     async def _snapshot_every_interval(self) -> None:
         while True:
             await asyncio.sleep(self.snapshot_interval_s)
             try:
                 await self.write_snapshot()
-            except OSError:
+            except Exception:  # a full disk must not end the snapshots for good
                 logger.exception("could not write the account state snapshot")
 
 

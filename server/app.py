@@ -289,7 +289,10 @@ def create_app(
             await repository.close()
         # In-flight requests are done (uvicorn waits for them before the lifespan ends), so
         # the snapshot holds every event that was answered.
-        await events.store.close()
+        try:
+            await events.store.close()
+        except Exception:  # e.g. a full disk: say so, and still stop everything else
+            logger.exception("closing the account state store failed")
         close_runners()
         if alerts is not None:
             # Off the loop: close() waits up to its timeout for queued alerts to go out.

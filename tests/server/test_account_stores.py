@@ -281,3 +281,40 @@ def test_a_corrupt_memory_snapshot_is_a_settings_error_naming_it(tmp_path: Path)
         snapshot.write_bytes(content)
         with pytest.raises(SettingsError, match=re.escape(str(snapshot))):
             asyncio.run(MemoryStore(snapshot).start())
+
+
+def test_a_clean_stop_during_an_interval_snapshot_keeps_the_last_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interval write is still in its thread when the server stops: the final snapshot
+    must come after it, not be overwritten by its older copy."""
+    import time
+
+    import server.accounts as accounts
+
+    path = tmp_path / "state.json"
+    _, state, _ = advance(None, Event("e", "a", 1e9, "transfer", 1.0, 1.0, "p", "d", 0.0, 0.0))
+    real = accounts.write_snapshot_file
+    calls: list[int] = []
+
+    def slow_first(target: Path, items: list[tuple[str, tuple[int, AccountState]]]) -> None:
+        calls.append(len(items))
+        if len(calls) == 1:
+            time.sleep(0.5)
+        real(target, items)
+
+    monkeypatch.setattr(accounts, "write_snapshot_file", slow_first)
+
+    async def run() -> None:
+        store = MemoryStore(path, snapshot_interval_s=0.2)
+        await store.start()
+        await store.apply_many([Update(f"k{i}", 0, state) for i in range(100)])
+        await asyncio.sleep(0.3)  # the interval write is now in its thread
+        await store.apply_many([Update("late", 0, state)])
+        await store.close()
+
+    asyncio.run(run())
+    assert calls == [100, 101]
+    reloaded = MemoryStore(path)
+    reloaded.load_snapshot()
+    assert len(reloaded) == 101
