@@ -38,6 +38,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import math
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -89,6 +90,12 @@ EARTH_RADIUS_KM = 6371.0088
 # The two ratios stop here, so that a tiny balance or usual amount cannot push a feature past
 # float32 (the model's input); nothing real comes near it.
 RATIO_CAP = 1e9
+# The ISO-8601 forms taken: a calendar date, optionally a time (T or a space between, seconds
+# and their fraction optional) and a zone (Z or ±hh:mm). ASCII digits only.
+ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+)
 # Amounts and balances must fit the model's float32 input.
 FLOAT_MAX = float(np.finfo(np.float32).max)
 # Timestamps from 1970 to 2200: anything else is a unit mistake (milliseconds) or garbage.
@@ -351,6 +358,8 @@ def parse_timestamp(value: object, field: str = "timestamp") -> float:
         seconds = float(value)
     elif isinstance(value, str):
         try:
+            if not ISO_TIME.fullmatch(value):  # fromisoformat alone takes week dates, NULs…
+                raise ValueError(value)
             stamp = datetime.fromisoformat(value)  # takes a trailing Z since Python 3.11
         except ValueError:
             raise EventError(

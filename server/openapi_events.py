@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from features.events import EVENT_TYPES, FEATURES, MAX_ID_CHARS, MAX_TIMESTAMP
+from features.events import (
+    EVENT_TYPES,
+    FEATURES,
+    FLOAT_MAX,
+    ISO_TIME,
+    MAX_ID_CHARS,
+    MAX_TIMESTAMP,
+)
 from server.openapi_schemas import BOOLEAN, PROBABILITY, STRING, Schema, array, obj, ref
 from server.service import APPROVE, DECLINE, REVIEW
 
@@ -27,13 +34,16 @@ EXAMPLE_EVENT = {
 }
 
 
-def timestamp(description: str) -> Schema:
+def timestamp(description: str, nullable: bool = False) -> Schema:
+    forms: list[Schema] = [
+        {"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP},
+        {"type": "string", "pattern": f"^{ISO_TIME.pattern}$"},
+    ]
     return {
-        "oneOf": [
-            {"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP},
-            {"type": "string", "format": "date-time"},
-        ],
-        "description": description + ": epoch seconds, or ISO-8601 (UTC when it names no zone).",
+        "oneOf": forms + ([{"type": "null"}] if nullable else []),
+        "description": description + ": epoch seconds, or an ISO-8601 date with an optional "
+        "time and zone (UTC when it names none), between 1970 and 2200"
+        + ("; null or absent: unknown." if nullable else "."),
     }
 
 
@@ -44,13 +54,13 @@ def event_schemas(max_items: int) -> dict[str, Schema]:
         "account_id": identifier | {"description": "The sending account."},
         "timestamp": timestamp("When the event happened"),
         "type": {"type": "string", "enum": list(EVENT_TYPES)},
-        "amount": {"type": "number", "exclusiveMinimum": 0},
-        "balance_before": {"type": "number", "minimum": 0},
+        "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": FLOAT_MAX},
+        "balance_before": {"type": "number", "minimum": 0, "maximum": FLOAT_MAX},
         "payee_id": identifier,
         "device_id": identifier,
         "lat": {"type": "number", "minimum": -90, "maximum": 90},
         "lon": {"type": "number", "minimum": -180, "maximum": 180},
-        "account_opened_at": timestamp("When the account was opened"),
+        "account_opened_at": timestamp("When the account was opened", nullable=True),
     }
     wanted = BOOLEAN | {"description": "Also answer the features computed for each event."}
     result = {

@@ -178,13 +178,33 @@ def test_late_events_are_counted_in_their_own_buckets() -> None:
         ("2026-01-01T03:00:00+03:00", T0),
         ("2026-01-01T00:00:00", T0),
         ("2026-01-01 00:00:00.5", T0 + 0.5),
+        ("2026-01-01", T0),
+        ("2026-01-01T05:30+05:30", T0),
+        ("2026-01-01T00:00:00.123456Z", T0 + 0.123456),
     ],
 )
 def test_timestamps(value: object, seconds: float) -> None:
     assert parse_timestamp(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["", "2026-02-30T00:00:00Z", "tomorrow", True, None, -1, 1e13])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "2026-02-30T00:00:00Z",
+        "tomorrow",
+        "2026-01-01T00:00:00\u0000",
+        "2026-W01-1",
+        "20260101T000000Z",
+        " 2026-01-01",
+        "2026-01-01T00:00:00Z ",
+        "٢٠٢٦-01-01",
+        True,
+        None,
+        -1,
+        1e13,
+    ],
+)
 def test_bad_timestamps(value: object) -> None:
     with pytest.raises(EventError) as caught:
         parse_timestamp(value)
