@@ -23,15 +23,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from features.events import (
-    DEFINITIONS,
-    EVENT_FIELDS,
-    FEATURES,
-    Event,
-    EventError,
-    advance,
-    event_from_mapping,
-)
+from features.events import DEFINITIONS, EVENT_FIELDS, FEATURES, Event, advance
+from features.reading import EventError, event_from_mapping
 from server.accounts import AccountStore, Update, account_key
 from server.errors import InvalidRequest, NotFound, StateUnavailable
 from server.metrics import VALIDATED

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from features.events import (
-    EVENT_TYPES,
-    FEATURES,
-    FLOAT_MAX,
-    ISO_TIME,
-    MAX_ID_CHARS,
-    MAX_TIMESTAMP,
-)
+from features.events import EVENT_TYPES, FEATURES
+from features.reading import FLOAT_MAX, ISO_TIME, MAX_ID_CHARS, MAX_TIMESTAMP
 from server.openapi_schemas import BOOLEAN, PROBABILITY, STRING, Schema, array, obj, ref
 from server.service import APPROVE, DECLINE, REVIEW
 

@@ -22,13 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from features.events import (
-    DEFINITIONS,
-    EVENT_FIELDS,
-    FEATURES,
-    event_from_mapping,
-    features_over_history,
-)
+from features.events import DEFINITIONS, EVENT_FIELDS, FEATURES, features_over_history
+from features.reading import event_from_mapping
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, flush_redis, start_server, stop_server
 
 HEADERS = {"X-API-Key": TEST_API_KEY}

@@ -82,7 +82,7 @@ def test_serving_venv_has_no_tensorflow() -> None:
 def test_the_shared_feature_definitions_import_neither_side() -> None:
     """features/ is imported by training and by the server: it must pull in neither."""
     probe = (
-        "import sys, features.events; "
+        "import sys, features.events, features.reading; "
         "print(','.join(sorted({name.split('.')[0] for name in sys.modules})))"
     )
     result = subprocess.run(

@@ -20,10 +20,9 @@ from features.events import (
     FEATURES,
     ID_FIELDS,
     LOG_FEATURES,
-    EventError,
-    event_from_mapping,
     features_over_history,
 )
+from features.reading import EventError, event_from_mapping
 from training.datasets import Dataset
 from training.fetch_creditcard import file_digest
 from training.table import ROW_NOTE, TableError, _labels, _show, read_table

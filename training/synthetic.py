@@ -40,14 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.events import (
-    DEFINITIONS,
-    EVENT_FIELDS,
-    FEATURES,
-    LOG_FEATURES,
-    events_from_columns,
-    features_over_history,
-)
+from features.events import DEFINITIONS, EVENT_FIELDS, FEATURES, LOG_FEATURES, features_over_history
+from features.reading import events_from_columns
 from training.accounts import (
     ACCOUNT_PAYEE,
     AGENT_PAYEE,

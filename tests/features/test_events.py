@@ -15,12 +15,10 @@ from features.events import (
     MAX_PAYEES,
     AccountState,
     Event,
-    EventError,
     advance,
-    event_from_mapping,
     features_over_history,
-    parse_timestamp,
 )
+from features.reading import EventError, event_from_mapping, parse_timestamp
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a day boundary
 NAIROBI = (-1.2864, 36.8172)

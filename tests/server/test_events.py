@@ -12,13 +12,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from features.events import (
-    DEFINITIONS,
-    FEATURES,
-    MAX_EVENT_IDS,
-    event_from_mapping,
-    features_over_history,
-)
+from features.events import DEFINITIONS, FEATURES, MAX_EVENT_IDS, features_over_history
+from features.reading import event_from_mapping
 from server.accounts import MemoryStore, Update, Versioned
 from server.app import create_app
 from server.errors import SettingsError

@@ -11,14 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.events import (
-    DEFINITIONS,
-    EVENT_FIELDS,
-    FEATURES,
-    event_from_mapping,
-    events_from_columns,
-    features_over_history,
-)
+from features.events import DEFINITIONS, EVENT_FIELDS, FEATURES, features_over_history
+from features.reading import event_from_mapping, events_from_columns
 from tests.conftest import ROOT
 from training import synthetic
 
