@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the serving image, run it, and check it from outside: healthy, scores a
-# transaction, has no TensorFlow, and adds at most IMAGE_BUDGET_MB to its base.
+# transaction and a history of raw events, has no TensorFlow, and adds at most
+# IMAGE_BUDGET_MB to its base.
 #
 # Uses docker where a docker engine answers, on python:3.11-slim; otherwise podman
 # (installed with apt when missing, run as root with runc and host networking). When the
@@ -94,9 +95,9 @@ fi
 engine run "${run_args[@]}" "$IMAGE" >/dev/null 2>"$WORK/run.log" || { cat "$WORK/run.log"; exit 1; }
 STARTED=1
 
-python3 - "$URL" "$KEY" "$HERE/examples/transaction.json" <<'PY'
+python3 - "$URL" "$KEY" "$HERE/examples/transaction.json" "$HERE/examples/mobile-money-history.json" <<'PY'
 import json, sys, time, urllib.request
-url, key, example = sys.argv[1], sys.argv[2], sys.argv[3]
+url, key, example, history = sys.argv[1:5]
 deadline = time.monotonic() + 60
 while True:
     try:
@@ -116,6 +117,15 @@ answer = json.load(urllib.request.urlopen(request, timeout=5))
 print("scored:", answer)
 assert answer["decision"] in ("APPROVE", "REVIEW", "DECLINE"), answer
 assert 0.0 <= answer["fraud_probability"] <= 1.0, answer
+# Raw events: the account state and the shared feature definitions are in the image too.
+request = urllib.request.Request(
+    url + "/v1/models/mobile-money/events/score/batch",
+    open(history, "rb").read(),
+    {"Content-Type": "application/json", "X-API-Key": key},
+)
+results = json.load(urllib.request.urlopen(request, timeout=5))["results"]
+print("events:", [r["decision"] for r in results])
+assert [r["decision"] for r in results] == ["APPROVE"] * 6 + ["DECLINE"], results
 PY
 
 if [ "$ENGINE" = docker ]; then
