@@ -150,3 +150,20 @@ def test_the_serving_stage_copies_no_training_code() -> None:
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
     healthcheck = re.search(r"^HEALTHCHECK .*\n.*$", serve, re.M)
     assert healthcheck is not None and "urllib" in healthcheck[0] and "curl" not in healthcheck[0]
+
+
+def test_the_build_context_admits_everything_the_dockerfile_copies() -> None:
+    """.dockerignore excludes everything but what it names: a COPY of anything else fails
+    only when the image is built."""
+    admitted = {
+        line[1:].strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    sources = {
+        source.rstrip("/")
+        for match in re.finditer(r"^COPY (?!--from=)(.+?) \S+$", dockerfile, re.M)
+        for source in match[1].split()
+    }
+    assert sources and sources <= admitted, sources - admitted
