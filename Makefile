@@ -18,7 +18,7 @@ DEV_API_KEY ?= dev-key-change-me
 STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
-	bench-overhead bench-latency bench-routes soak overload clean
+	bench-overhead bench-latency bench-routes replay soak overload clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -113,6 +113,12 @@ gate: $(VENV)/.installed $(SERVE_VENV)/.installed
 bench: $(VENV)/.installed $(SERVE_VENV)/.installed redis
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/python -m benchmarks.bench
+
+# The shipped mobile-money model's whole training stream (about a million raw events) replayed
+# through a real server, its test period compared with the offline features and scores.
+# REPLAY_FLAGS="--store redis --workers 2" for Redis shared by two workers.
+replay: $(VENV)/.installed $(SERVE_VENV)/.installed redis
+	$(VENV)/bin/python -m benchmarks.replay $(REPLAY_FLAGS)
 
 # Single-request latency at concurrency 1 against a real uvicorn, from the serving venv.
 # Builds the serving image (docker, or podman with a debootstrapped base when no engine runs),
