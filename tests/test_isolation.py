@@ -30,16 +30,22 @@ print(",".join(loaded))
 """
 
 
-def test_serving_imports_no_training_stack(tiny_model_dir: Path) -> None:
+def loaded_by(probe: str, *args: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds after running `probe`, which prints
+    them comma-separated."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tiny_model_dir)],
+        [sys.executable, "-c", probe, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    loaded = set(result.stdout.strip().split(","))
+    return set(result.stdout.strip().split(","))
+
+
+def test_serving_imports_no_training_stack(tiny_model_dir: Path) -> None:
+    loaded = loaded_by(PROBE, str(tiny_model_dir))
     assert "onnxruntime" in loaded and "starlette" in loaded  # the probe did serve
     assert not loaded & set(FORBIDDEN), loaded & set(FORBIDDEN)
 
@@ -85,14 +91,6 @@ def test_the_shared_feature_definitions_import_neither_side() -> None:
         "import sys, features.events, features.reading; "
         "print(','.join(sorted({name.split('.')[0] for name in sys.modules})))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    loaded = set(result.stdout.strip().split(","))
+    loaded = loaded_by(probe)
     assert "features" in loaded and "numpy" in loaded
     assert not loaded & {*FORBIDDEN, "server", "starlette", "onnxruntime", "pandas"}
