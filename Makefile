@@ -68,9 +68,16 @@ data/creditcard.csv:
 
 # The credit-card preset, or with TABLE=path.csv|.parquet LABEL=col TIME=col RUN_DIR=runs/name
 # [FEATURES=a,b] [LOG_FEATURES=x] [FILL_MISSING=median] [NAME=n] a table of your own (which
-# needs no data/creditcard.csv). TRAIN_FLAGS passes more flags, e.g. "--epochs 10".
-train: $(VENV)/.installed $(if $(TABLE),,data)
-ifdef TABLE
+# needs no data/creditcard.csv), or with EVENTS=path LABEL=col RUN_DIR=runs/name [NAME=n] a
+# table of raw mobile-money events, featurised as the event routes do.
+# TRAIN_FLAGS passes more flags, e.g. "--epochs 10".
+train: $(VENV)/.installed $(if $(TABLE)$(EVENTS),,data)
+ifdef EVENTS
+	$(if $(LABEL),,$(error EVENTS needs LABEL=<fraud column>))
+	$(if $(filter file,$(origin RUN_DIR)),$(error EVENTS needs RUN_DIR=runs/<name>))
+	$(VENV)/bin/python -m training --events "$(EVENTS)" --label "$(LABEL)" \
+		$(if $(NAME),--name "$(NAME)") --out "$(RUN_DIR)" --seed $(TRAIN_SEED) $(TRAIN_FLAGS)
+else ifdef TABLE
 	$(if $(LABEL),,$(error TABLE needs LABEL=<fraud column>))
 	$(if $(TIME),,$(error TABLE needs TIME=<time column>))
 	$(if $(filter file,$(origin RUN_DIR)),$(error TABLE needs RUN_DIR=runs/<name>))

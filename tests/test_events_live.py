@@ -73,7 +73,9 @@ def history(events: int = 12_000, seed: int = 5) -> list[dict[str, Any]]:
     return bodies
 
 
-async def send_in_batches(base_url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def send_in_batches(
+    base_url: str, bodies: list[dict[str, Any]], route: str = ROUTE + "/batch"
+) -> list[dict[str, Any]]:
     """Every body, each account's in order: SENDERS callers on their own connections, each
     owning the accounts that hash to it, sending BATCH at a time and waiting for the answer."""
     shares: list[list[int]] = [[] for _ in range(SENDERS)]
@@ -86,7 +88,7 @@ async def send_in_batches(base_url: str, bodies: list[dict[str, Any]]) -> list[d
             for start in range(0, len(share), BATCH):
                 chunk = share[start : start + BATCH]
                 response = await client.post(
-                    ROUTE + "/batch",
+                    route,
                     json={"events": [bodies[i] for i in chunk], "return_features": True},
                 )
                 assert response.status_code == 200, response.text
