@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from export.fuse import LSTM_LAYOUTS
 from training import train as run_files
 
 if TYPE_CHECKING:
@@ -93,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository")
     parser.add_argument("--version", help="version folder name (default: next integer)")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
+    parser.add_argument(
+        "--lstm-layout",
+        choices=LSTM_LAYOUTS,
+        default=LSTM_LAYOUTS[0],
+        help="members' LSTMs as one op each (split, faster) or one block-diagonal op",
+    )
     return parser.parse_args(argv)
 
 
@@ -101,7 +108,13 @@ def next_version(model_root: Path) -> str:
     return str(max(taken, default=0) + 1)
 
 
-def export_run(run: Path, out: Path, version: str | None = None, force: bool = False) -> Path:
+def export_run(
+    run: Path,
+    out: Path,
+    version: str | None = None,
+    force: bool = False,
+    lstm_layout: str = LSTM_LAYOUTS[0],
+) -> Path:
     """Convert and verify; write the version folder only when every check passed."""
     import keras
 
@@ -115,6 +128,7 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
         utc_now,
     )
     from export.convert import convert, embed_metadata
+    from export.fuse import fuse_members, members_of
     from export.verify import check_graph, check_parity
     from training.preprocessing import Preprocessing
 
@@ -133,7 +147,8 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
         raise FileExistsError(f"{target} exists; pass --force or another --version")
 
     created_at = utc_now()
-    proto = convert(model, prep)
+    # The members run as one network; parity below is checked against the unfused model.
+    proto = convert(fuse_members(model, len(prep.feature_names), lstm_layout), prep)
     # Scored before embedding (metadata does not change the outputs) so that the checks below
     # see the final proto, reference included; nothing is written unless they all pass.
     score_reference = build_score_reference(onnx_scores(proto, test_rows), source="test")
@@ -167,6 +182,7 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
         created_at=created_at,
     )
     manifest["parity_max_abs_diff"] = {str(k): v for k, v in report.max_abs_diff.items()}
+    manifest["members"] = len(members_of(model))
     samples = pick_samples(test_rows, test_labels, prep.feature_names)
 
     def write(folder: Path) -> None:
@@ -181,11 +197,12 @@ def export_run(run: Path, out: Path, version: str | None = None, force: bool = F
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from export.fuse import FusionError
     from export.verify import VerificationError
 
     try:
-        target = export_run(args.run, args.out, args.version, args.force)
-    except (VerificationError, FileExistsError, FileNotFoundError) as exc:
+        target = export_run(args.run, args.out, args.version, args.force, args.lstm_layout)
+    except (VerificationError, FusionError, FileExistsError, FileNotFoundError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {target}")

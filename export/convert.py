@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf2onnx
 
 from export.artifact import INPUT_NAME, OPSET, OUTPUT_NAME, embed_metadata
+from export.tidy import tidy
 from training.preprocessing import SCALED_LIMIT, Preprocessing
 
 __all__ = ["INPUT_NAME", "OPSET", "OUTPUT_NAME", "convert", "embed_metadata", "serving_function"]
@@ -31,9 +32,13 @@ def serving_function(model: tf.keras.Model, prep: Preprocessing) -> tf.types.exp
             # Where, but turns any other into cond * x + (1 - cond) * y, where NaN * 0 = NaN.
             raw = tf.where(tf.math.is_nan(raw), fill, raw)
             raw = tf.where(tf.math.is_inf(raw), fill, raw)
-        # log(|x| + 1) rather than log1p: ONNX opset 17 has no Log1p op.
-        logged = tf.sign(raw) * tf.math.log(tf.abs(raw) + 1.0)
-        x = raw * (1.0 - log_mask) + logged * log_mask
+        # Each op left out is one onnxruntime does not dispatch: no log part without log
+        # features, and no mix when every feature takes the log.
+        x = raw
+        if log_mask.any():
+            # log(|x| + 1) rather than log1p: ONNX opset 17 has no Log1p op.
+            logged = tf.sign(raw) * tf.math.log(tf.abs(raw) + 1.0)
+            x = logged if log_mask.all() else raw * (1.0 - log_mask) + logged * log_mask
         x = tf.clip_by_value((x - mean) / std, -SCALED_LIMIT, SCALED_LIMIT)
         return {OUTPUT_NAME: model(x, training=False)}
 
@@ -45,4 +50,4 @@ def convert(model: tf.keras.Model, prep: Preprocessing) -> onnx.ModelProto:
     proto, _ = tf2onnx.convert.from_function(
         serve, input_signature=serve.input_signature, opset=OPSET
     )
-    return proto
+    return tidy(proto)
