@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 from bentoml.validators import DType, Shape
 
-from benchmarks.peers.runtime import MAX_BATCH_SIZE, load_session, parse_args, predict
+from benchmarks.peers.runtime import MAX_BATCH_SIZE, batching, load_session, parse_args, predict
 
 # `bentoml serve` imports this module in its worker process: the model path comes by environment.
 MODEL_ENV = "PEER_MODEL"
@@ -33,7 +33,7 @@ class FraudOnnx:
     def __init__(self) -> None:
         self._session = load_session(os.environ[MODEL_ENV])
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE)
+    @bentoml.api(batchable=batching(), max_batch_size=MAX_BATCH_SIZE)
     def predict(self, features: Rows) -> np.ndarray:
         return predict(self._session, features)
 

@@ -18,6 +18,7 @@ import numpy as np
 from benchmarks.peers.runtime import (
     BATCH_WINDOW_S,
     MAX_BATCH_SIZE,
+    batching,
     load_session,
     parse_args,
     predict,
@@ -26,7 +27,10 @@ from benchmarks.peers.runtime import (
 
 class OnnxAPI(ls.LitAPI):
     def __init__(self, path: str) -> None:
-        super().__init__(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_WINDOW_S)
+        if batching():
+            super().__init__(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_WINDOW_S)
+        else:
+            super().__init__()
         self._path = path
 
     def setup(self, device: str) -> None:

@@ -25,6 +25,7 @@ from benchmarks.peers.runtime import (
     BATCH_WINDOW_S,
     MAX_BATCH_SIZE,
     OUTPUT,
+    batching,
     load_session,
     parse_args,
     predict,
@@ -61,13 +62,13 @@ def write_settings(folder: Path, port: int, model: str, name: str) -> None:
         "parallel_workers": 0,
         "debug": False,
     }
-    model_settings = {
+    model_settings: dict[str, object] = {
         "name": name,
         "implementation": "benchmarks.peers.mlserver_app.OnnxModel",
-        "max_batch_size": MAX_BATCH_SIZE,
-        "max_batch_time": BATCH_WINDOW_S,
         "parameters": {"uri": str(Path(model).resolve())},
     }
+    if batching():
+        model_settings |= {"max_batch_size": MAX_BATCH_SIZE, "max_batch_time": BATCH_WINDOW_S}
     (folder / name).mkdir(parents=True, exist_ok=True)
     (folder / "settings.json").write_text(json.dumps(server, indent=2))
     (folder / name / "model-settings.json").write_text(json.dumps(model_settings, indent=2))

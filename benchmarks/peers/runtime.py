@@ -6,6 +6,7 @@ Imported inside the peers' own venvs, so it needs nothing but numpy and onnxrunt
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +15,8 @@ import onnxruntime as ort
 # measured, and waits at most this long for its rows, far less than any peer's own per-request cost.
 MAX_BATCH_SIZE = 32
 BATCH_WINDOW_S = 0.001
+# PEER_BATCHING=off runs a batching peer without its batching (the `<peer>_unbatched` targets).
+BATCHING_ENV = "PEER_BATCHING"
 INPUT = "features"
 OUTPUT = "fraud_probability"
 
@@ -24,6 +27,10 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="path of the model.onnx to serve")
     parser.add_argument("--name", default="creditcard", help="model name in the routes")
     return parser.parse_args()
+
+
+def batching() -> bool:
+    return os.environ.get(BATCHING_ENV, "on") != "off"
 
 
 def load_session(path: str) -> ort.InferenceSession:
