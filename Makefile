@@ -18,7 +18,7 @@ DEV_API_KEY ?= dev-key-change-me
 STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
-	bench-overhead bench-latency bench-routes replay soak overload clean
+	bench-overhead bench-latency bench-routes bench-peers replay soak overload clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -152,6 +152,15 @@ overload: $(VENV)/.installed $(SERVE_VENV)/.installed
 bench-routes: $(VENV)/.installed $(SERVE_VENV)/.installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/python -m benchmarks.routes
+
+# This server beside MLServer, KServe, LitServe and BentoML on the same shipped ONNX model, and
+# the floor, at concurrency 1 and 32, three rounds. Each peer runs from its own venv under
+# .venv-peers/, built on first use from benchmarks/peers/requirements-<peer>.txt.
+# PEERS_FLAGS passes more flags, e.g. "--peers mlserver,litserve --rounds 1".
+# Figures in benchmarks/results/peers.json and peers.png.
+bench-peers: $(VENV)/.installed $(SERVE_VENV)/.installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/python -m benchmarks.peers $(PEERS_FLAGS)
 
 bench-latency: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m benchmarks.latency
