@@ -23,7 +23,7 @@ MIN_REQUESTS = 1000
 EXCLUDED_CHECKS = "positive_data_acceptance,negative_data_rejection"
 
 
-MOBILE_MONEY = ROOT / "models" / "mobile-money" / "2"
+MOBILE_MONEY = ROOT / "models" / "mobile-money" / "3"
 
 
 @pytest.fixture(scope="module", params=["one model", "two models"])
@@ -38,7 +38,7 @@ def server(
         # routes and every schema shared by both models are fuzzed too.
         repository = folder / "repo"
         shutil.copytree(tiny_model_dir, repository / "tiny" / "1")
-        shutil.copytree(MOBILE_MONEY, repository / "mobile-money" / "2")
+        shutil.copytree(MOBILE_MONEY, repository / "mobile-money" / "3")
         env = {"FRAUD_MODEL_NAME": "", "FRAUD_DEFAULT_MODEL": "tiny"}
         live = start_server(repository / "tiny" / "1", folder / "uvicorn.log", env)
     yield live

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 from training.creditcard import load_creditcard
 from training.datasets import time_split
 
-MODEL_DIR = ROOT / "models" / "creditcard" / "2"
+MODEL_DIR = ROOT / "models" / "creditcard" / "3"
 DATA = ROOT / "data" / "creditcard.csv"
 # The goal of issue #9: XGBoost's figures on this split (0.81 AP, 0.975 ROC-AUC).
 MIN_ROC_AUC = 0.975

@@ -1,6 +1,6 @@
 """The LSTM-CNN side by side with XGBoost and logistic regression on the same time split.
 
-    python -m training.compare --csv data/creditcard.csv --model-dir models/creditcard/2
+    python -m training.compare --csv data/creditcard.csv --model-dir models/creditcard/3
 
 Every model is trained on the same fitted rows for each seed, its thresholds are chosen on
 validation, and it is measured once on the test period. The LSTM-CNN's runs are trained into
