@@ -11,10 +11,12 @@ queue: a request that finds the queue full gets 503 at once.
   waiting. onnxruntime releases the GIL inside `run`, so parsing overlaps with
   inference; this pays off with a heavier model or more cores.
 
-Both put at most `max_batch` rows in one run, except that one request larger than
-that (a /v1/score/batch of many transactions) runs whole, on its own; the queue
-bound counts requests. An idle server answers a lone request at once and a busy
-one amortises the model call.
+Both put at most `max_batch` rows in one run. A request larger than that (a
+/v1/score/batch of many transactions) goes in chunks of `max_batch` rows, one after
+the other, each queued only when the one before is done: the requests that arrive
+meanwhile queue ahead of the next chunk, so a big batch delays them by one chunk's
+run, not by the whole batch. The queue bound counts requests. An idle server
+answers a lone request at once and a busy one amortises the model call.
 """
 
 from __future__ import annotations
@@ -155,6 +157,18 @@ class _BoundedQueue:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    async def predict(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) <= self.max_batch:
+            return await self._predict_rows(rows)
+        # One chunk in the queue at a time: see the module's docstring.
+        step = self.max_batch
+        parts = [await self._predict_rows(rows[i : i + step]) for i in range(0, len(rows), step)]
+        return np.concatenate(parts)
+
+    async def _predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """At most max_batch rows through the runner's queue."""
+        raise NotImplementedError
+
     def _admit(self, rows: np.ndarray, loop: asyncio.AbstractEventLoop) -> _Job:
         if self._closed:
             raise shutting_down()
@@ -203,7 +217,7 @@ class LoopBatcher(_BoundedQueue):
             if not future.done():
                 future.set_exception(shutting_down())
 
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def _predict_rows(self, rows: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
         if not (self._ran_recently or self._pending or self._closed or self.max_delay_s > 0):
             # An idle server: answer now rather than wait a turn of the loop for
@@ -278,7 +292,7 @@ class Batcher(_BoundedQueue):
             self._retiring = True
             self._wake.notify()
 
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def _predict_rows(self, rows: np.ndarray) -> np.ndarray:
         loop = asyncio.get_running_loop()
         with self._wake:
             if self._retiring:

@@ -76,15 +76,54 @@ def test_batches_never_exceed_max_batch() -> None:
     asyncio.run(scenario())
 
 
-def test_a_large_request_runs_whole_on_its_own() -> None:
+@pytest.mark.parametrize("runner", [Batcher, LoopBatcher])
+def test_a_large_request_runs_in_chunks_of_max_batch(runner: type) -> None:
     async def scenario() -> None:
         model = GatedModel()
         model.release.set()
-        batcher = Batcher(model, max_batch=4)
+        batcher = runner(model, max_batch=4)
         batcher.start()
-        result = await batcher.predict(np.ones((10, 3), dtype=np.float32))
+        rows = np.arange(30, dtype=np.float32).reshape(10, 3)
+        result = await batcher.predict(rows)
         batcher.close()
-        assert model.batches == [10] and result.tolist() == [3.0] * 10
+        assert model.batches == [4, 4, 2]
+        assert result.tolist() == rows.sum(axis=1).tolist()  # in order, every row
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runner", [Batcher, LoopBatcher])
+def test_requests_arriving_during_a_large_one_run_between_its_chunks(runner: type) -> None:
+    """Singles sent while a 40-row request is under way wait one chunk, not all ten."""
+
+    class Recording:
+        def __init__(self) -> None:
+            self.runs: list[list[float]] = []
+
+        def __call__(self, rows: np.ndarray) -> np.ndarray:
+            self.runs.append(rows[:, 0].tolist())
+            time.sleep(0.002)  # a model run that takes time, for singles to arrive in
+            return rows.sum(axis=1)
+
+    async def scenario() -> None:
+        model = Recording()
+        batcher = runner(model, max_batch=4)
+        batcher.start()
+        big = asyncio.create_task(batcher.predict(np.ones((40, 3), dtype=np.float32)))
+        await asyncio.sleep(0)  # the big request is under way
+        singles = []
+        for i in range(3):
+            singles.append(asyncio.create_task(batcher.predict(row(100 + i))))
+            await asyncio.sleep(0.003)
+        await asyncio.gather(big, *singles)
+        batcher.close()
+        chunks = [i for i, run in enumerate(model.runs) if run == [1.0] * len(run)]
+        assert sum(len(model.runs[i]) for i in chunks) == 40
+        # Each single ran before the big request's last chunk, in a run of singles (a full
+        # chunk leaves no room beside it).
+        for i in range(3):
+            where = next(n for n, run in enumerate(model.runs) if 100.0 + i in run)
+            assert where < chunks[-1] and min(model.runs[where]) >= 100.0
 
     asyncio.run(scenario())
 
