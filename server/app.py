@@ -39,9 +39,10 @@ from server.collectors import (
     repository_counters,
     serving_gauges,
 )
-from server.endpoints import Endpoints, JSONResponse, ScoringRoutes, ServerState
+from server.endpoints import Endpoints, JSONResponse, ServerState
 from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
 from server.events import EventScoring, takes_events
+from server.hotpath import ScoringRoutes
 from server.logs import use_json_logs
 from server.metrics import Metrics, MetricsExporter
 from server.middleware import RequestContext, route_path
@@ -353,6 +354,7 @@ def create_app(
             settings.max_batch_body_bytes,
             limiter,
             events,
+            v2,
         )
 
     app = ServingApp(

@@ -1,9 +1,7 @@
 """HTTP only: read and check the request, call the service, write JSON with orjson.
 
-The two scoring routes are plain ASGI (ScoringRoutes), ahead of Starlette's
-router: on the hot path the router, the Request and Response objects and the
-exception middleware cost about as much as parsing, validating and scoring a
-transaction. Everything else is ordinary Starlette endpoints.
+The scoring routes are plain ASGI (server/hotpath.py), ahead of Starlette's router, and use
+the helpers here; everything else is ordinary Starlette endpoints.
 """
 
 from __future__ import annotations
@@ -11,31 +9,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
 
-from server import logs
 from server.auth import HEADER, ApiKeyGuard
 from server.errors import (
     BadRequest,
-    MethodNotAllowed,
     NotFound,
     NotReady,
     PayloadTooLarge,
-    ServingError,
     UnsupportedMediaType,
 )
-from server.events import EventScoring
-from server.metrics import BODY_READ, ENCODING, FINISHED, Metrics
-from server.middleware import CLOSE, REQUEST_ID, RequestContext, log_access, route_path
-from server.payloads import parse_json, shown
-from server.ratelimit import RateLimiter
+from server.metrics import Metrics
+from server.payloads import shown
 from server.repository import ModelRepository, Snapshot
 from server.service import ScoringService
 
@@ -145,6 +136,15 @@ def require_json(content_type: bytes | None) -> None:
         raise UnsupportedMediaType("send the body as Content-Type: application/json")
 
 
+async def send_body(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """`headers` name the content type; the length is added here."""
+    raw = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_json(
     send: Send,
     status: int,
@@ -152,13 +152,11 @@ async def send_json(
     headers: dict[str, str] | None = None,
     extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = orjson.dumps(content)
-    raw = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+    raw = [JSON_HEADER]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     if extra:
         raw += extra
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send_body(send, status, orjson.dumps(content), raw)
 
 
 def requested_version(query: bytes) -> str | None:
@@ -172,151 +170,6 @@ def requested_version(query: bytes) -> str | None:
     if len(pairs) != 1 or pairs[0][0] != "version":
         raise BadRequest("the only query parameter is version, once", field="version")
     return pairs[0][1]
-
-
-NAMED_PREFIX = "/v1/models/"
-# The named scoring routes, by the path's ending: (route label, is a batch).
-NAMED_ENDINGS = (
-    ("/events/score/batch", "/v1/models/{name}/events/score/batch"),
-    ("/events/score", "/v1/models/{name}/events/score"),
-    ("/score/batch", "/v1/models/{name}/score/batch"),
-    ("/score", "/v1/models/{name}/score"),
-)
-
-
-def named_route(path: str) -> tuple[str, str] | None:
-    """(route label, model name) for /v1/models/{name}/[events/]score[/batch], else None. Matched by
-    hand, so that the named routes take the same path as /v1/score (no router)."""
-    if not path.startswith(NAMED_PREFIX):
-        return None
-    rest = path[len(NAMED_PREFIX) :]
-    for ending, label in NAMED_ENDINGS:
-        if rest.endswith(ending):
-            name = rest[: -len(ending)]
-            if name and "/" not in name:
-                return label, name
-    return None
-
-
-class ScoringRoutes:
-    """POST /v1/score, /v1/score/batch and their named forms /v1/models/{name}/score[/batch],
-    and the raw-event routes /v1/events/score[/batch] and /v1/models/{name}/events/score[/batch],
-    ahead of everything else; other requests go on to `context`, the request layer around
-    the Starlette app. The scoring routes do that layer's work themselves (request id,
-    counts, access log, Connection: close)."""
-
-    def __init__(
-        self,
-        context: RequestContext,
-        state: ServerState,
-        guard: ApiKeyGuard,
-        max_body_bytes: int,
-        max_batch_body_bytes: int,
-        limiter: RateLimiter | None = None,
-        events: EventScoring | None = None,
-    ) -> None:
-        self.context = context
-        self.state = state
-        self.guard = guard
-        self.metrics = context.metrics
-        self.limiter = limiter
-        self.routes: dict[str, tuple[int, Score]] = {
-            "/v1/score": (max_body_bytes, ScoringService.score),
-            "/v1/score/batch": (max_batch_body_bytes, ScoringService.score_batch),
-        }
-        if events is not None:
-            self.routes["/v1/events/score"] = (max_body_bytes, events.score)
-            self.routes["/v1/events/score/batch"] = (max_batch_body_bytes, events.score_batch)
-        for route, score in list(self.routes.items()):
-            self.routes["/v1/models/{name}" + route.removeprefix("/v1")] = score
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = route_path(scope) if scope["type"] == "http" else ""
-        route = self.routes.get(path)
-        model: str | None = None  # None: the default model
-        if route is None:
-            named = named_route(path) if scope["type"] == "http" else None
-            route = self.routes.get(named[0]) if named is not None else None
-            if named is None or route is None:
-                await self.context(scope, receive, send)
-                return
-            path, model = named
-        started = perf_counter()
-        limit, score = route
-        # ASGI servers give lower-case names. Reversed, so that a repeated header keeps
-        # its first value, as Starlette's Headers.get does on the other routes.
-        headers = dict(reversed(scope["headers"]))
-        request_id = self.context.request_id(headers.get(REQUEST_ID))
-        token = logs.request_id.set(request_id.decode("ascii"))
-        extra = [(REQUEST_ID, request_id)]
-        if self.state.draining:
-            extra.append(CLOSE)
-        status = 500  # unless an answer is sent
-        # When the body was read, validated and encoded, as far as the request gets.
-        stamps = [started, NAN, NAN, NAN, NAN] if self.metrics is not None else None
-        try:
-            try:
-                result = await self.answer(scope, receive, headers, limit, score, stamps, model)
-            except ServingError as error:
-                status = error.status_code
-                if status == 429 and self.metrics is not None:
-                    self.metrics.rate_limited += 1
-                await send_json(send, status, error.to_body(), error.headers, extra)
-            except Exception:
-                logger.exception("unexpected error on %s", path)
-                body = ServingError("internal error").to_body()
-                await send_json(send, 500, body, None, extra)
-            else:
-                if stamps is not None:
-                    stamps[ENCODING] = perf_counter()
-                status = 200
-                await send_json(send, 200, result, None, extra)
-        finally:
-            # Counted even when the request is cancelled or the client is gone mid-answer.
-            logs.request_id.reset(token)
-            if stamps is not None or self.context.access_log:
-                finished = perf_counter()
-                if stamps is not None and self.metrics is not None:
-                    # Counted and timed in bulk, once a second (Metrics._flush_scoring).
-                    stamps[FINISHED] = finished
-                    label = self.state.served_model(model or self.state.default_model or "")
-                    log = self.metrics.scoring_log(path, label)
-                    log.times.extend(stamps)
-                    log.statuses.append(status)
-                if self.context.access_log:
-                    log_access(scope["method"], path, status, finished - started, request_id)
-
-    async def answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        headers: dict[bytes, bytes],
-        limit: int,
-        score: Score,
-        stamps: list[float] | None,
-        model: str | None = None,
-    ) -> Any:
-        if scope["method"] != "POST":
-            raise MethodNotAllowed(
-                f"{scope['method']} is not allowed on {scope['path']}", headers={"Allow": "POST"}
-            )
-        presented = headers.get(API_KEY)
-        key = presented.decode("latin-1") if presented is not None else None
-        # Authenticate before reading anything, so strangers learn nothing from validation.
-        self.guard.check(key)
-        if self.limiter is not None:
-            # Without auth the key is whatever a client sends: one shared bucket then.
-            self.limiter.take(key or "" if self.guard.enabled else "")
-        version = requested_version(scope["query_string"])
-        self.state.ready_snapshot(model)  # 404 or 503 before reading a body meant for nobody
-        require_json(headers.get(b"content-type"))
-        body = await read_body(headers.get(b"content-length"), receive, limit)
-        # The version is looked up only now, after the last await before the model
-        # queue: a request never lands on a version that was swapped out meanwhile.
-        service = self.state.ready_service(version, model)
-        if stamps is not None:
-            stamps[BODY_READ] = perf_counter()
-        return await score(service, parse_json(body), stamps)
 
 
 class Endpoints:

@@ -6,24 +6,24 @@ would answer with 422 is a 400 here.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 
-import numpy as np
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive
 
 from server.auth import HEADER, ApiKeyGuard
-from server.endpoints import JSONResponse, ServerState
+from server.endpoints import API_KEY, JSON_HEADER, JSONResponse, ServerState, read_body
 from server.errors import (
     BadRequest,
     InvalidApiKey,
+    MethodNotAllowed,
     MissingApiKey,
     NotFound,
-    PayloadTooLarge,
     ServingError,
 )
-from server.metrics import Metrics
+from server.metrics import BODY_READ, ENCODING, VALIDATED, Metrics
 from server.payloads import shown
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository
@@ -34,12 +34,18 @@ SERVER_NAME = "fraud-scoring"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_data"]
 PLATFORM = "onnxruntime_onnx"
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"
+OCTET_STREAM = (b"content-type", b"application/octet-stream")
+
+
+def v2_error_body(error: ServingError) -> tuple[int, dict[str, str]]:
+    """The protocol's status and body for an error: 422 is a 400 here."""
+    return (400 if error.status_code == 422 else error.status_code), {"error": error.message}
 
 
 def v2_error(error: ServingError) -> Response:
-    status = 400 if error.status_code == 422 else error.status_code
-    return JSONResponse({"error": error.message}, status_code=status, headers=error.headers)
+    status, body = v2_error_body(error)
+    return JSONResponse(body, status_code=status, headers=error.headers)
 
 
 class V2Endpoints:
@@ -72,8 +78,6 @@ class V2Endpoints:
             Route(version, self.model_metadata, methods=["GET"]),
             Route(model + "/ready", self.model_ready, methods=["GET"]),
             Route(version + "/ready", self.model_ready, methods=["GET"]),
-            Route(model + "/infer", self.infer, methods=["POST"]),
-            Route(version + "/infer", self.infer, methods=["POST"]),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
         ]
@@ -128,48 +132,53 @@ class V2Endpoints:
             return v2_error(error)
         return JSONResponse({"name": request.path_params["name"], "ready": True})
 
-    async def infer(self, request: Request) -> Response:
-        try:
-            key = request.headers.get(HEADER)
-            self.guard.check(key)
-            if self.limiter is not None:
-                # Without auth the key is whatever a client sends: one shared bucket then.
-                self.limiter.take(key or "" if self.guard.enabled else "")
-            self.model(request)  # 404 before reading a body meant for nobody
-            body = await self.read_body(request)
-            received = time.perf_counter()
-            # Looked up again after the last await: see ScoringRoutes.
-            service = self.model(request)
-            header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            info = service.info
-            infer = parse_infer_request(
-                header,
-                binary,
-                info.input_name,
-                len(info.feature_names),
-                (info.output_name,),
-                self.max_rows,
-                info.fills_missing,
-            )
-            if self.metrics is not None:
-                self.metrics.stages["parse"].observe(time.perf_counter() - received)
-            probabilities = await service.predict_rows(infer.rows)
-        except ServingError as error:
-            if error.status_code == 429 and self.metrics is not None:
-                self.metrics.rate_limited += 1
-            return v2_error(error)
-        encoding = time.perf_counter()
-        tensors = {info.output_name: np.asarray(probabilities).reshape(-1, 1)}
-        content, header_length = encode_response(info.name, info.version, infer, tensors)
-        if self.metrics is not None:
-            self.metrics.stages["encode"].observe(time.perf_counter() - encoding)
-        if header_length is None:
-            return Response(content, media_type="application/json")
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(header_length)},
+    async def answer_infer(
+        self,
+        method: str,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        name: str,
+        version: str | None,
+        stamps: list[float] | None,
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """POST /v2/models/{name}[/versions/{version}]/infer, on the plain-ASGI path of
+        server/hotpath.py: the answer's body and its content headers, or a ServingError."""
+        if method != "POST":
+            raise MethodNotAllowed(f"{method} is not allowed on infer", headers={"Allow": "POST"})
+        presented = headers.get(API_KEY)
+        key = presented.decode("latin-1") if presented is not None else None
+        self.guard.check(key)
+        if self.limiter is not None:
+            # Without auth the key is whatever a client sends: one shared bucket then.
+            self.limiter.take(key or "" if self.guard.enabled else "")
+        self.state.ready_snapshot(name).get(version)  # 404 before reading a body for nobody
+        body = await read_body(headers.get(b"content-length"), receive, self.max_body_bytes)
+        if stamps is not None:
+            stamps[BODY_READ] = perf_counter()
+        # Looked up again after the last await: see ScoringRoutes.answer.
+        service = self.state.ready_snapshot(name).get(version)
+        length = headers.get(HEADER_LENGTH)
+        header, binary = split_body(body, length.decode("latin-1") if length is not None else None)
+        info = service.info
+        infer = parse_infer_request(
+            header,
+            binary,
+            info.input_name,
+            len(info.feature_names),
+            (info.output_name,),
+            self.max_rows,
+            info.fills_missing,
         )
+        if stamps is not None:
+            stamps[VALIDATED] = perf_counter()
+        probabilities = await service.predict_rows(infer.rows)
+        if stamps is not None:
+            stamps[ENCODING] = perf_counter()
+        tensors = {info.output_name: probabilities.reshape(-1, 1)}
+        content, header_length = encode_response(info.name, info.version, infer, tensors)
+        if header_length is None:
+            return content, [JSON_HEADER]
+        return content, [OCTET_STREAM, (HEADER_LENGTH, str(header_length).encode())]
 
     async def repository_index(self, request: Request) -> Response:
         """Every version folder the server knows of: READY, or UNAVAILABLE with the reason."""
@@ -220,19 +229,3 @@ class V2Endpoints:
         if not self.state.repositories:
             raise NotFound("this server has no model repository")
         return self.state.repositories
-
-    async def read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise PayloadTooLarge(f"the body is over the {self.max_body_bytes}-byte limit")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise PayloadTooLarge(f"the body is over the {self.max_body_bytes}-byte limit")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise BadRequest("the client closed the connection before sending the body") from None
-        return b"".join(chunks)

@@ -57,7 +57,7 @@ def test_the_document_lists_exactly_the_served_routes() -> None:
         for method in route.methods or ()
         if method != "HEAD"
     }
-    # ScoringRoutes, plain ASGI ahead of the router.
+    # server/hotpath.py's ScoringRoutes, plain ASGI ahead of the router.
     served |= {
         ("/v1/score", "post"),
         ("/v1/score/batch", "post"),
@@ -67,6 +67,8 @@ def test_the_document_lists_exactly_the_served_routes() -> None:
         ("/v1/events/score/batch", "post"),
         ("/v1/models/{name}/events/score", "post"),
         ("/v1/models/{name}/events/score/batch", "post"),
+        ("/v2/models/{name}/infer", "post"),
+        ("/v2/models/{name}/versions/{version}/infer", "post"),
     }
     documented = {
         (path, method)

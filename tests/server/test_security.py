@@ -52,7 +52,13 @@ def test_every_served_route_is_described_and_every_scoring_route_needs_a_key() -
         if isinstance(route, Route)
         for method in route.methods or ()
         if method != "HEAD"
-    } | {("post", "/v1/score"), ("post", "/v1/score/batch")}
+    }
+    # server/hotpath.py answers these ahead of the router.
+    served |= {("post", "/v1/score"), ("post", "/v1/score/batch")}
+    served |= {
+        ("post", "/v2/models/{name}/infer"),
+        ("post", "/v2/models/{name}/versions/{version}/infer"),
+    }
     keyed = {(method, path) for method, path, _ in keyed_operations()}
     assert served >= SCORING and keyed >= SCORING
 
