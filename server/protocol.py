@@ -38,18 +38,31 @@ REQUEST_TIMEOUT = timeout_answer()
 
 
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
-    _deadline: asyncio.TimerHandle | None = None
+    # One timer per connection, moved lazily: a request re-arms by setting `_due`, and the
+    # timer, when it fires early, sleeps again until then. A new timer and a cancel for
+    # every request cost more than the rest of this class together.
+    _timer: asyncio.TimerHandle | None = None
+    _due: float | None = None  # loop time by which a whole request must have arrived
     _heard = False  # bytes arrived since the connection opened or was last answered
 
     def _arm(self) -> None:
-        self._disarm()
         self._heard = False
-        self._deadline = self.loop.call_later(self.timeout_keep_alive, self._expired)
+        self._due = self.loop.time() + self.timeout_keep_alive
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._due, self._check)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._due = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._due is None:
+            return  # disarmed; the next _arm starts a timer again
+        if self.loop.time() < self._due:
+            self._timer = self.loop.call_at(self._due, self._check)
+            return
+        self._due = None
+        self._expired()
 
     def _answering(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
@@ -57,7 +70,6 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         # Armed only while a request is awaited, so a request in hand here is one whose
         # body has not all arrived; its app is waiting for the rest.
-        self._deadline = None
         if self.transport.is_closing():
             return
         started = self._answering() and self.cycle.response_started
@@ -90,4 +102,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
