@@ -152,11 +152,15 @@ async def send_json(
     headers: dict[str, str] | None = None,
     extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    raw = [JSON_HEADER]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    # Not through send_body: on the hot path one coroutine less is a measurable share.
+    body = orjson.dumps(content)
+    raw = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     if extra:
         raw += extra
-    await send_body(send, status, orjson.dumps(content), raw)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def requested_version(query: bytes) -> str | None:

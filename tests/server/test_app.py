@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -292,3 +294,34 @@ def test_repository_routes_need_an_admin_key() -> None:
         assert client.post("/v2/repository/index").status_code == 401
         answer = client.post("/v2/repository/index", headers={"X-API-Key": KEY})
         assert answer.status_code == 403 and "no admin key" in answer.json()["error"]
+
+
+class BrokenScorer(FakeScorer):
+    """A model that answers something other than a probability for rows whose first
+    feature is 7."""
+
+    def __init__(self, bad: float) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        scores = super().predict(features)
+        scores[features[:, 0] == 7.0] = self.bad
+        return scores
+
+
+@pytest.mark.parametrize("bad", [math.nan, -0.1, 1.5, math.inf])
+def test_a_score_that_is_no_probability_is_never_a_decision(bad: float) -> None:
+    app = create_app(Settings(api_keys=(KEY,)), scorer=BrokenScorer(bad))
+    with TestClient(app, headers={"X-API-Key": KEY}) as client:
+        single = client.post("/v1/score", json={"features": [7.0, 0.0, 0.0]})
+        batch = client.post(
+            "/v1/score/batch",
+            json={"transactions": [{"features": [0.2, 0, 0]}, {"features": [7.0, 0, 0]}]},
+        )
+        fine = client.post("/v1/score", json={"features": [0.2, 0.0, 0.0]})
+    for answer in (single, batch):
+        assert answer.status_code == 500
+        assert answer.json()["error"]["code"] == "model_error"
+        assert "not a probability" in answer.json()["error"]["message"]
+    assert fine.status_code == 200 and fine.json()["fraud_probability"] == pytest.approx(0.2)
