@@ -94,8 +94,10 @@ def uvicorn_server(
     ready_path: str = "/v1/health/ready",
     workers: int = 1,
     timeout_s: float = 60.0,
+    cwd: Path = ROOT,
 ) -> Iterator[Server]:
-    """`factory` is "module:function"; FRAUD_* variables come only from `env`."""
+    """`factory` is "module:function"; FRAUD_* variables come only from `env`. `cwd` (with
+    PYTHONPATH in `env`) serves another checkout's code."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
     clean |= {"PYTHONPATH": str(ROOT)} | env
     command = [
@@ -116,7 +118,7 @@ def uvicorn_server(
     ]
     with tempfile.NamedTemporaryFile(prefix="uvicorn-", suffix=".log") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=clean, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=cwd, env=clean, stdout=log, stderr=subprocess.STDOUT
         )
         server = Server(port, process, Path(log.name))
         try:
