@@ -140,6 +140,7 @@ def make_service(
         settings.ood_z,
         alerts,
         settings.drift_window,
+        settings.max_batch,
     )
 
 

@@ -197,9 +197,8 @@ def parse_score_request(
     )
 
 
-def parse_batch_request(
-    payload: Any, names: tuple[str, ...], max_items: int, missing_allowed: bool = False
-) -> list[ScoreRequest]:
+def batch_items(payload: Any, max_items: int) -> list[Any]:
+    """The transactions of a /v1/score/batch body, the envelope checked, the items not yet."""
     if type(payload) is not dict:
         raise InvalidRequest(f"the body must be a JSON object, got {_json_type(payload)}")
     for key in payload:
@@ -212,14 +211,28 @@ def parse_batch_request(
         raise InvalidRequest(
             f"transactions must hold 1 to {max_items} items, got {len(items)}", field="transactions"
         )
+    return items
+
+
+def parse_batch_items(
+    items: list[Any], start: int, stop: int, names: tuple[str, ...], missing_allowed: bool = False
+) -> list[ScoreRequest]:
+    """Items [start, stop) of a batch, each error naming the item's place in the whole."""
     requests = []
-    for index, item in enumerate(items):
+    for index in range(start, min(stop, len(items))):
         try:
             where = f"transactions[{index}]."
-            requests.append(parse_score_request(item, names, where, missing_allowed))
+            requests.append(parse_score_request(items[index], names, where, missing_allowed))
         except InvalidRequest as exc:
             raise InvalidRequest(f"transaction {index}: {exc.message}", field=exc.field) from None
     return requests
+
+
+def parse_batch_request(
+    payload: Any, names: tuple[str, ...], max_items: int, missing_allowed: bool = False
+) -> list[ScoreRequest]:
+    items = batch_items(payload, max_items)
+    return parse_batch_items(items, 0, len(items), names, missing_allowed)
 
 
 def _json_type(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import operator
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from server.batching import Runner
 from server.drift import ScoreDrift
 from server.errors import ModelFailure, SettingsError
 from server.metrics import VALIDATED, Metrics
-from server.payloads import parse_batch_request, parse_score_request
+from server.payloads import batch_items, parse_batch_items, parse_score_request
 from server.scorer import Scorer
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -35,8 +36,13 @@ class ScoringService:
         ood_z: float = 6.0,
         alerts: AlertSender | None = None,
         drift_window: int = 10_000,
+        chunk_rows: int = 64,
     ) -> None:
         self.scorer = scorer
+        # A large batch is validated this many items per turn of the event loop (the runner
+        # scores it in chunks of its own): 1,000 items in one go hold the loop for
+        # milliseconds, and every request behind them waits.
+        self.chunk_rows = max(1, chunk_rows)
         self.runner = runner
         self.info = scorer.info
         self.max_batch_items = max_batch_items
@@ -95,9 +101,15 @@ class ScoringService:
         return self.result(request.transaction_id, float(probabilities[0]), unusual)
 
     async def score_batch(self, payload: Any, stamps: list[float] | None = None) -> dict[str, Any]:
-        requests = parse_batch_request(
-            payload, self.info.feature_names, self.max_batch_items, self.info.fills_missing
-        )
+        items = batch_items(payload, self.max_batch_items)
+        names, step = self.info.feature_names, self.chunk_rows
+        requests = []
+        for start in range(0, len(items), step):
+            if start:
+                await asyncio.sleep(0)  # nothing is counted or scored until all are valid
+            requests += parse_batch_items(
+                items, start, start + step, names, self.info.fills_missing
+            )
         rows = np.asarray([r.features for r in requests], np.float32)
         if stamps is not None:
             stamps[VALIDATED] = perf_counter()

@@ -169,3 +169,29 @@ def test_a_full_queue_answers_503_at_once_not_a_hang() -> None:
         if response.status_code == 503:
             assert response.headers["Retry-After"] == "1"
             assert response.json()["error"]["code"] == "overloaded"
+
+
+def test_a_large_batch_is_scored_in_chunks_and_answered_in_order() -> None:
+    scorer = FakeScorer()
+    items = [{"transaction_id": f"t{i}", "features": [(i % 100) / 100, 0, 0]} for i in range(1000)]
+    with client(scorer, max_batch=64) as c:
+        response = c.post("/v1/score/batch", json={"transactions": items}, headers=HEADERS)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["transaction_id"] for r in results] == [f"t{i}" for i in range(1000)]
+    assert [r["fraud_probability"] for r in results] == pytest.approx(
+        [(i % 100) / 100 for i in range(1000)]
+    )
+    assert [len(rows) for rows in scorer.calls] == [64] * 15 + [40]
+
+
+def test_a_bad_item_late_in_a_large_batch_fails_it_before_anything_is_scored() -> None:
+    scorer = FakeScorer()
+    items = [{"features": [0.1, 0, 0]} for _ in range(1000)]
+    items[700] = {"features": [0.1, "x", 0]}
+    with client(scorer, max_batch=64) as c:
+        response = c.post("/v1/score/batch", json={"transactions": items}, headers=HEADERS)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "transactions[700].features[1]"
+    assert response.json()["error"]["message"].startswith("transaction 700:")
+    assert scorer.calls == []  # validated whole before the first chunk ran
