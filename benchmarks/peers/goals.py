@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.summary import GOALS as BENCH_GOALS
+from benchmarks.summary import goal_at
 
 # (field, concurrency): (goal for server/peer, True if the ratio must be at least the goal)
 PEER_GOALS: dict[tuple[str, int], tuple[float, bool]] = {
@@ -18,11 +19,8 @@ FIELD_NAMES = {"rps": "rps", "p99_ms": "p99"}
 
 def floor_goal(field: str, c: int) -> tuple[float, bool] | None:
     """The server/floor goal of `make bench` (benchmarks/summary.py) for this point, if any."""
-    found = BENCH_GOALS.get(f"server/floor {FIELD_NAMES[field]}")
-    if found is None:
-        return None
-    goal, at_least, only = found
-    return (goal, at_least) if only is None or c in only else None
+    name = f"server/floor {FIELD_NAMES[field]}"
+    return goal_at(name, c) if name in BENCH_GOALS else None
 
 
 def ratio(results: dict[str, dict[str, Any]], baseline: str, field: str, c: int) -> float | None:
