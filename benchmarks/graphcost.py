@@ -6,7 +6,9 @@
 Each model is a version folder (or a .onnx file), optionally read from a git revision
 (`git:REV:PATH`), loaded with the server's own session options. Every round times each model
 at each batch size, in alternating order, on real rows of the model's samples; the median over
-rounds is printed as microseconds per row and as a ratio to the first model. `--levers` also
+rounds is printed as microseconds per row, and beside it the median over rounds of its ratio to
+the first model in the same round: on a shared machine whose speed drifts, a ratio within one
+round moves far less than either time. `--levers` also
 times onnxruntime's own options on the last model: the optimisation level, I/O binding with a
 preallocated output, and flushing denormals to zero.
 """
@@ -132,11 +134,18 @@ def main(argv: list[str] | None = None) -> int:
             for batch in BATCHES:
                 times[name][batch].append(time_per_row(runs[name], rows, batch, args.budget_s))
     medians = {n: {b: statistics.median(t) for b, t in per.items()} for n, per in times.items()}
-    base = medians[labels[0]]
+    first = times[labels[0]]
+    ratios = {
+        n: {
+            b: statistics.median(x / y for x, y in zip(t, first[b], strict=True))
+            for b, t in per.items()
+        }
+        for n, per in times.items()
+    }
     print(ROW.format("us per row (x first)", "nodes", *(f"batch {b}" for b in BATCHES)))
     for name, per in medians.items():
         label = next(lab for lab in reversed(labels) if name.startswith(lab))
-        cells = [f"{per[b]:.2f} ({per[b] / base[b]:.2f}x)" for b in BATCHES]
+        cells = [f"{per[b]:.2f} ({ratios[name][b]:.2f}x)" for b in BATCHES]
         print(ROW.format(name, node_count(blobs[label]), *cells))
     if args.out:
         result: dict[str, Any] = {
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "onnxruntime": ort.__version__,
             "us_per_row": {n: {str(b): v for b, v in per.items()} for n, per in medians.items()},
+            "ratio_to_first": {n: {str(b): v for b, v in per.items()} for n, per in ratios.items()},
             "nodes": {label: node_count(blob) for label, blob in blobs.items()},
         }
         args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
