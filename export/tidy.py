@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from export.graphs import prune
+
 # LSTM inputs: X, W, R, B, sequence_lens, initial_h, initial_c, P.
 INITIAL_H, INITIAL_C = 5, 6
 # Ops that only reshape: a tensor of zeros stays zeros through them.
@@ -35,10 +37,10 @@ def tidy(proto: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type == "LSTM":
             drop_zero_state(node, producers, constants)
     take_last_state(graph, constants)
-    remove_unused(graph)
+    prune(graph)
     # Each peephole rewrite changes one spot and says so; run them until none applies.
     while any(rewrite(graph, constants) for rewrite in PEEPHOLES):
-        remove_unused(graph)
+        prune(graph)
     return model
 
 
@@ -134,24 +136,6 @@ def take_last_state(graph: onnx.GraphProto, constants: dict) -> None:
             outputs[0] = ""
             del lstm.output[:]
             lstm.output.extend(outputs)
-
-
-def remove_unused(graph: onnx.GraphProto) -> None:
-    """Nodes whose outputs reach no graph output, and initializers no node reads."""
-    needed = {o.name for o in graph.output}
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(list(graph.node)):
-        if any(out and out in needed for out in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    shapes = [info for info in graph.value_info if info.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(shapes)
 
 
 class _Uses:

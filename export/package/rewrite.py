@@ -5,12 +5,13 @@ dropped. No file I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import onnx
 from onnx import TensorProto, helper
 
 from export.artifact import INPUT_NAME, OPSET, OUTPUT_NAME
+from export.graphs import names as _names
+from export.graphs import prune as _prune
+from export.graphs import walk as _walk
 from export.package.signature import PackageError, Signature, first_line
 
 
@@ -73,25 +74,6 @@ def _tidy_opsets(model: onnx.ModelProto) -> None:
     model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(versions.items()))
 
 
-def _walk(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
-                yield from _walk(sub)
-
-
-def _names(graph: onnx.GraphProto) -> Iterator[str]:
-    for g in _walk(graph):
-        for node in g.node:
-            yield from node.input
-            yield from node.output
-        for value in (*g.input, *g.output, *g.value_info):
-            yield value.name
-        for tensor in g.initializer:
-            yield tensor.name
-
-
 def _unique(graph: onnx.GraphProto, stem: str) -> str:
     taken = set(_names(graph))
     name, index = stem, 0
@@ -119,24 +101,3 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
         for value in (*g.input, *g.output, *g.value_info, *g.initializer):
             if value.name == old:
                 value.name = new
-
-
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop the nodes no output needs any more (the label's, the ZipMap), then their tensors."""
-    needed = {o.name for o in graph.output}
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):  # a valid graph lists producers before consumers
-        if needed.intersection(node.output):
-            kept.append(node)
-            needed.update(node.input)
-            for attribute in node.attribute:  # names a subgraph reads from the outer scope
-                for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
-                    needed.update(_names(sub))
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    infos = [v for v in graph.value_info if v.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
