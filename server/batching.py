@@ -54,7 +54,10 @@ class Runner(Protocol):
 
     def queue_depth(self) -> int: ...
 
-    async def predict(self, rows: np.ndarray) -> np.ndarray: ...
+    async def predict(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
+        """`accepted`: the request chose this runner before an await, so a retire since
+        then lets it finish here (see _BoundedQueue.predict)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class InlineRunner:
     def queue_depth(self) -> int:
         return 0
 
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def predict(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
         return run_alone(self._predict, rows, self.metrics)
 
 
@@ -148,7 +151,9 @@ class _BoundedQueue:
         self.max_delay_s = max_delay_s
         self._pending: deque[_Job] = deque()
         self._pending_rows = 0
-        self._closed = False
+        self._closed = False  # closed: nothing more is taken
+        self._retired = False  # retired: only what was accepted is taken (see predict)
+        self._chunking = 0  # requests now going through in chunks
         self._setup()
 
     def _setup(self) -> None:
@@ -157,22 +162,39 @@ class _BoundedQueue:
     def queue_depth(self) -> int:
         return len(self._pending)
 
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def predict(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
+        """A retired runner (a version swapped out) still takes `accepted` requests, and
+        every chunk after a request's first: what it began, it finishes. Only a closed one
+        refuses them. Later chunks skip the queue bound too, so that a request is shed
+        whole or not at all."""
         if len(rows) <= self.max_batch:
-            return await self._predict_rows(rows)
+            return await self._predict_rows(rows, accepted, bounded=True)
         # One chunk in the queue at a time: see the module's docstring.
         step = self.max_batch
-        parts = [await self._predict_rows(rows[i : i + step]) for i in range(0, len(rows), step)]
+        self._chunking += 1
+        try:
+            parts = [
+                await self._predict_rows(rows[i : i + step], accepted or i > 0, bounded=i == 0)
+                for i in range(0, len(rows), step)
+            ]
+        finally:
+            self._chunking -= 1
+            self._chunked_done()
         return np.concatenate(parts)
 
-    async def _predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    async def _predict_rows(self, rows: np.ndarray, accepted: bool, bounded: bool) -> np.ndarray:
         """At most max_batch rows through the runner's queue."""
         raise NotImplementedError
 
-    def _admit(self, rows: np.ndarray, loop: asyncio.AbstractEventLoop) -> _Job:
-        if self._closed:
+    def _chunked_done(self) -> None:
+        """A chunked request is over: a runner waiting to stop may look again."""
+
+    def _admit(
+        self, rows: np.ndarray, loop: asyncio.AbstractEventLoop, accepted: bool, bounded: bool
+    ) -> _Job:
+        if self._closed or (self._retired and not accepted):
             raise shutting_down()
-        if len(self._pending) >= self.max_queue:
+        if bounded and len(self._pending) >= self.max_queue:
             if self.metrics is not None:
                 self.metrics.shed += 1
             # Shed load now rather than let every queued request grow late.
@@ -206,7 +228,7 @@ class LoopBatcher(_BoundedQueue):
 
     def retire(self) -> None:
         # The flush already scheduled still runs and answers everything queued.
-        self._closed = True
+        self._retired = True
 
     def close(self) -> None:
         self._closed = True
@@ -217,15 +239,16 @@ class LoopBatcher(_BoundedQueue):
             if not future.done():
                 future.set_exception(shutting_down())
 
-    async def _predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    async def _predict_rows(self, rows: np.ndarray, accepted: bool, bounded: bool) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        if not (self._ran_recently or self._pending or self._closed or self.max_delay_s > 0):
+        idle = not (self._ran_recently or self._pending or self.max_delay_s > 0)
+        if idle and not (self._closed or self._retired):
             # An idle server: answer now rather than wait a turn of the loop for
             # company (about 50 us here). Under load the model has always run in
             # the turn before, so at most the first request of a turn comes here.
             self._mark_run(loop)
             return run_alone(self._predict, rows, self.metrics)
-        job = self._admit(rows, loop)
+        job = self._admit(rows, loop, accepted, bounded)
         full = self._pending_rows >= self.max_batch
         if self._flush_handle is None:
             if full or self.max_delay_s <= 0:
@@ -275,7 +298,7 @@ class Batcher(_BoundedQueue):
     def _setup(self) -> None:
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
-        self._retiring = False
+        self._stopped = False
 
     def start(self) -> None:
         self._thread.start()
@@ -289,23 +312,29 @@ class Batcher(_BoundedQueue):
 
     def retire(self) -> None:
         with self._wake:
-            self._retiring = True
+            self._retired = True
             self._wake.notify()
 
-    async def _predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    async def _predict_rows(self, rows: np.ndarray, accepted: bool, bounded: bool) -> np.ndarray:
         loop = asyncio.get_running_loop()
         with self._wake:
-            if self._retiring:
+            if self._stopped:  # retired and done: no thread is left to take it
                 raise shutting_down()
-            job = self._admit(rows, loop)
+            job = self._admit(rows, loop, accepted, bounded)
             self._wake.notify()
         return await job.future
+
+    def _chunked_done(self) -> None:
+        with self._wake:
+            self._wake.notify()
 
     def _take(self) -> list[_Job] | None:
         """Block until there is work and return a batch of it; None once closed."""
         with self._wake:
             while not self._pending and not self._closed:
-                if self._retiring:
+                # Retired: stop once nothing waits and no chunked request has more to send.
+                if self._retired and not self._chunking:
+                    self._stopped = True
                     return None
                 self._wake.wait()
             if self._closed:
@@ -315,7 +344,7 @@ class Batcher(_BoundedQueue):
                 return None
             if self.max_delay_s > 0 and self._pending_rows < self.max_batch:
                 deadline = time.monotonic() + self.max_delay_s
-                while self._pending_rows < self.max_batch and not (self._closed or self._retiring):
+                while self._pending_rows < self.max_batch and not (self._closed or self._retired):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break

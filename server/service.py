@@ -113,7 +113,8 @@ class ScoringService:
         rows = np.asarray([r.features for r in requests], np.float32)
         if stamps is not None:
             stamps[VALIDATED] = perf_counter()
-        probabilities = await self.predict_rows(rows)
+        # Accepted: a reload during the awaits above must not refuse what this version took.
+        probabilities = await self.predict_rows(rows, accepted=True)
         return {
             "results": [
                 self.result(r.transaction_id, p, unusual)
@@ -123,9 +124,10 @@ class ScoringService:
             ]
         }
 
-    async def predict_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Validated (rows, F) float32 features -> probabilities, through the shared batcher."""
-        probabilities = await self.runner.predict(rows)
+    async def predict_rows(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
+        """Validated (rows, F) float32 features -> probabilities, through the shared batcher;
+        `accepted` as for Runner.predict."""
+        probabilities = await self.runner.predict(rows, accepted)
         # Also false for NaN: a broken model must not pass as a decision. One row, the usual
         # case, is checked as a float: numpy's min and max cost microseconds each.
         if not (

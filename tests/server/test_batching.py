@@ -338,3 +338,62 @@ def test_a_wrong_shaped_answer_fails_the_batch_and_the_runner_lives_on(runner: s
         assert float(again[0]) == 6.0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runner", [Batcher, LoopBatcher])
+def test_a_chunked_request_under_way_finishes_on_a_retired_runner(runner: type) -> None:
+    """A version swapped out mid-request finishes what it began; new requests are refused."""
+
+    class Slow:
+        def __call__(self, rows: np.ndarray) -> np.ndarray:
+            time.sleep(0.002)
+            return rows.sum(axis=1)
+
+    async def scenario() -> None:
+        batcher = runner(Slow(), max_batch=4, max_queue=2)
+        batcher.start()
+        rows = np.ones((40, 3), dtype=np.float32)
+        big = asyncio.create_task(batcher.predict(rows))
+        await asyncio.sleep(0.005)  # a chunk or two in
+        batcher.retire()
+        with pytest.raises(NotReady):
+            await batcher.predict(row(1))
+        # Chosen before the swap, so taken; the later chunks pass the retire as well.
+        accepted = await batcher.predict(row(2), accepted=True)
+        result = await big
+        batcher.close()
+        assert result.tolist() == [3.0] * 40 and float(accepted[0]) == 6.0
+
+    asyncio.run(scenario())
+
+
+def test_a_retired_thread_runner_that_has_stopped_refuses_even_accepted_work() -> None:
+    async def scenario() -> None:
+        batcher = Batcher(GatedModel(), max_batch=4)
+        batcher.start()
+        batcher.retire()
+        batcher._thread.join(timeout=5)  # nothing queued: it stops
+        with pytest.raises(NotReady):
+            await asyncio.wait_for(batcher.predict(row(1), accepted=True), 5)
+        batcher.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runner", [Batcher, LoopBatcher])
+def test_a_closed_runner_fails_the_rest_of_a_chunked_request(runner: type) -> None:
+    class Slow:
+        def __call__(self, rows: np.ndarray) -> np.ndarray:
+            time.sleep(0.002)
+            return rows.sum(axis=1)
+
+    async def scenario() -> None:
+        batcher = runner(Slow(), max_batch=4)
+        batcher.start()
+        big = asyncio.create_task(batcher.predict(np.ones((400, 3), dtype=np.float32)))
+        await asyncio.sleep(0.01)
+        batcher.close()
+        with pytest.raises(NotReady):
+            await big
+
+    asyncio.run(scenario())
