@@ -116,6 +116,7 @@ def read_member(member: keras.Model) -> MemberWeights:
         "conv stride 1": tuple(conv.strides) == (1,) and tuple(conv.dilation_rate) == (1,),
         "pool padding same": pool.padding == "same",
         "pool stride = size": tuple(pool.strides) == tuple(pool.pool_size),
+        "biases": all(layer.use_bias for layer in (conv, dense, head, *([wide] if wide else []))),
         "relu conv, dense and wide": all(
             layer.activation is keras.activations.relu
             for layer in (conv, dense, *([wide] if wide else []))

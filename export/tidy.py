@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.graphs import prune
+from export.graphs import names, prune
 
 # LSTM inputs: X, W, R, B, sequence_lens, initial_h, initial_c, P.
 INITIAL_H, INITIAL_C = 5, 6
@@ -96,7 +96,10 @@ def take_last_state(graph: onnx.GraphProto, constants: dict) -> None:
         if lstm.op_type != "LSTM" or len(lstm.output) < 2 or not lstm.output[0]:
             continue
         direction = next((a.s for a in lstm.attribute if a.name == "direction"), b"forward")
-        if direction != b"forward":
+        layout = next((a.i for a in lstm.attribute if a.name == "layout"), 0)
+        # With sequence_lens, Y_h is each row's own last step, not the sequence's.
+        lengths = len(lstm.input) > 4 and lstm.input[4]
+        if direction != b"forward" or layout != 0 or lengths:
             continue
         squeeze = only_consumer(lstm.output[0], "Squeeze")
         if squeeze is None or _int_list(squeeze.input[1], constants) != [1]:
@@ -111,12 +114,12 @@ def take_last_state(graph: onnx.GraphProto, constants: dict) -> None:
         last = only_consumer(sliced.output[0], "Squeeze")
         if last is None or _int_list(last.input[1], constants) != [0]:
             continue
-        y_h = lstm.output[1] or f"{lstm.name}_Y_h"
+        y_h = lstm.output[1] or _fresh(graph, f"{lstm.name or 'lstm'}_Y_h")
         outputs = list(lstm.output)
         outputs[1] = y_h
         del lstm.output[:]
         lstm.output.extend(outputs)
-        axes_name = f"{lstm.name}_num_directions_axis"
+        axes_name = _fresh(graph, f"{lstm.name or 'lstm'}_num_directions_axis")
         graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes_name))
         constants[axes_name] = graph.initializer[-1]
         replacement = helper.make_node(
@@ -157,6 +160,15 @@ class _Uses:
         return readers[0]
 
 
+def _fresh(graph: onnx.GraphProto, stem: str) -> str:
+    """A tensor name the graph does not use yet."""
+    taken = set(names(graph))
+    name, n = stem, 1
+    while name in taken:
+        name, n = f"{stem}_{n}", n + 1
+    return name
+
+
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -178,20 +190,23 @@ def bias_into_conv(graph: onnx.GraphProto, constants: dict) -> bool:
             continue
         bias_name = add.input[1] if add.input[0] == squeeze.output[0] else add.input[0]
         weight = constants.get(conv.input[1])
-        if bias_name not in constants or weight is None:
+        if bias_name not in constants or weight is None or add.output[0] in uses.outputs:
+            continue
+        # tf2onnx's Conv1D: a 2-D Conv (rank-4 weight) whose output loses one spatial axis,
+        # 2 or 3, so that the channels stay on axis 1 of a rank-3 result.
+        squeezed = _int_list(squeeze.input[1], constants) or []
+        if len(weight.dims) != 4 or len(squeezed) != 1 or squeezed[0] % 4 not in (2, 3):
             continue
         bias = numpy_helper.to_array(constants[bias_name])
         channels = weight.dims[0]
-        # Broadcast only along channels (axis 1) of a rank-3 output: one value per channel.
-        if bias.ndim != 3 or bias.shape != (1, channels, 1):
+        # One value per channel, broadcast along the rest.
+        if bias.shape != (1, channels, 1):
             continue
-        name = f"{conv.name}_bias"
+        name = _fresh(graph, f"{conv.name or 'conv'}_bias")
         graph.initializer.append(numpy_helper.from_array(bias.reshape(channels), name))
         constants[name] = graph.initializer[-1]
         conv.input.append(name)
         _rename_input(graph, add.output[0], squeeze.output[0])
-        if add.output[0] in uses.outputs:
-            return False  # not expected here; leave the graph alone rather than rename it
         graph.node.remove(add)
         return True
     return False
@@ -253,6 +268,9 @@ def clip_from_min_max(graph: onnx.GraphProto, constants: dict) -> bool:
             continue
         low, high = constants.get(low_op.input[1]), constants.get(high_op.input[1])
         if low is None or high is None or list(low.dims) or list(high.dims):
+            continue
+        # Max(Min(x, h), l) is l everywhere when l > h; Clip would give h.
+        if numpy_helper.to_array(low) > numpy_helper.to_array(high):
             continue
         clip = helper.make_node(
             "Clip",

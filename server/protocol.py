@@ -58,7 +58,9 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self._due is None:
             return  # disarmed; the next _arm starts a timer again
-        if self.loop.time() < self._due:
+        # uvloop keeps timers in whole milliseconds, so a timer may fire up to one early; a
+        # re-arm for less than that would run at once, again and again, until the time came.
+        if self._due - self.loop.time() >= 0.001:
             self._timer = self.loop.call_at(self._due, self._check)
             return
         self._due = None

@@ -132,7 +132,7 @@ def test_the_exported_graph_is_smaller_and_keeps_parity(log: tuple[int, ...]) ->
     assert len(conv.input) == 3  # the bias inside the Conv, where onnxruntime fuses the ReLU
 
 
-def lstm_graph(initial: float) -> onnx.ModelProto:
+def lstm_graph(initial: float, lengths: bool = False) -> onnx.ModelProto:
     """An LSTM whose initial state is Expand(constant, shape of the batch), as tf2onnx
     writes it, then its last step sliced out of the output sequence."""
     hidden, width, steps = 3, 2, 4
@@ -159,7 +159,10 @@ def lstm_graph(initial: float) -> onnx.ModelProto:
         helper.make_node("Expand", ["fill", "state_shape"], ["state2"]),
         helper.make_node("Unsqueeze", ["state2", "zero"], ["state"]),
         helper.make_node(
-            "LSTM", ["x", "W", "R", "", "", "state", "state"], ["Y", "Yh"], hidden_size=hidden
+            "LSTM",
+            ["x", "W", "R", "", "lens" if lengths else "", "state", "state"],
+            ["Y", "Yh"],
+            hidden_size=hidden,
         ),
         helper.make_node("Squeeze", ["Y", "one"], ["seq"]),
         helper.make_node("Slice", ["seq", "last", "end", "zero"], ["step"]),
@@ -168,7 +171,8 @@ def lstm_graph(initial: float) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "lstm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, None, width])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, None, width])]
+        + ([helper.make_tensor_value_info("lens", TensorProto.INT32, [None])] if lengths else []),
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, hidden])],
         inits,
     )
@@ -192,3 +196,41 @@ def test_tidy_drops_only_a_zero_initial_state(initial: float) -> None:
     assert len(lstm.input) == (7 if initial else 3)
     # Either way the last state comes from Y_h, and Y is not computed for nothing.
     assert ops(tidied).count("Slice") == (2 if initial else 0) and lstm.output[0] == ""
+
+
+def test_tidy_keeps_the_slice_when_rows_have_their_own_lengths() -> None:
+    """With sequence_lens, the output's last step is not each row's last state (Y_h)."""
+    proto = lstm_graph(0.0, lengths=True)
+    tidied = tidy(proto)
+    x = np.random.default_rng(2).normal(size=(4, 3, 2)).astype(np.float32)
+    feeds = {"x": x, "lens": np.array([4, 2, 1], np.int32)}
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        return np.asarray(ort.InferenceSession(model.SerializeToString()).run(["out"], feeds)[0])
+
+    np.testing.assert_allclose(run(tidied), run(proto), atol=1e-6)
+    assert "Squeeze" in ops(tidied) and ops(tidied).count("Slice") == 1
+
+
+def test_tidy_leaves_min_then_max_alone_when_the_bounds_cross() -> None:
+    """Max(Min(x, 1), 2) is 2 everywhere; Clip(x, 2, 1) would not be."""
+    const = [
+        numpy_helper.from_array(np.array(1.0, np.float32), "high"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "low"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Min", ["x", "high"], ["m"]),
+            helper.make_node("Max", ["m", "low"], ["out"]),
+        ],
+        "crossed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None])],
+        const,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    tidied = tidy(proto)
+    assert ops(tidied) == ["Min", "Max"]
+    x = np.array([-5.0, 1.5, 9.0], np.float32)
+    session = ort.InferenceSession(tidied.SerializeToString())
+    assert session.run(["out"], {"x": x})[0].tolist() == [2.0, 2.0, 2.0]
