@@ -40,7 +40,7 @@ from server.v2 import V2Endpoints, v2_error_body
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 NAMED_PREFIX = "/v1/models/"
-# The named scoring routes, by the path's ending: (route label, is a batch).
+# The named scoring routes, by the path's ending: (ending, route label).
 NAMED_ENDINGS = (
     ("/events/score/batch", "/v1/models/{name}/events/score/batch"),
     ("/events/score", "/v1/models/{name}/events/score"),

@@ -1,8 +1,8 @@
 """The request layer: a request id on every answer, request counts and times, the
 optional access log, and `Connection: close` while the server drains.
 
-RequestContext wraps every route but the two scoring routes, whose plain-ASGI handler
-(server/endpoints.py ScoringRoutes) does the same itself with the helpers here: a
+RequestContext wraps every route but the scoring routes, whose plain-ASGI handler
+(server/hotpath.py ScoringRoutes) does the same itself with the helpers here: a
 wrapping layer costs a closure and a message copy per request, about a sixth of the
 hot path's time.
 """
