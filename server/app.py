@@ -28,6 +28,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from server.accounts import AccountStore, MemoryStore
+from server.admission import KEY as ADMISSION
+from server.admission import Admission
 from server.alerts import AlertSender
 from server.auth import ApiKeyGuard
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
@@ -215,6 +217,9 @@ def create_app(
     if metrics is not None:
         metrics.counter_sources.append(event_counters(events))
     shutdown = GracefulShutdown(settings.shutdown_drain_s, settings.shutdown_timeout_s)
+    limits = Admission(settings.max_requests_in_hand, settings.max_connections)
+    if metrics is not None:
+        metrics.counter_sources.append(limits.counters)
     if settings.log_format == "json":
         use_json_logs()
 
@@ -251,7 +256,7 @@ def create_app(
                 service.runner.close()
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         if settings.insecure_disable_auth:
             logger.warning("FRAUD_INSECURE_DISABLE_AUTH is set: scoring needs no API key")
         tasks: list[asyncio.Task[None]] = []
@@ -282,7 +287,8 @@ def create_app(
         # showed as ~25 ms stalls at p99 under load.
         gc.collect()
         gc.freeze()
-        yield
+        # The lifespan state reaches uvicorn's protocol objects: the caps they apply.
+        yield {ADMISSION: limits}
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -356,6 +362,7 @@ def create_app(
             limiter,
             events,
             v2,
+            settings.request_deadline_ms,
         )
 
     app = ServingApp(

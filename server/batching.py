@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
+from server import deadlines
 from server.errors import ModelFailure, NotReady, Overloaded
 from server.metrics import Metrics
 
@@ -54,6 +56,11 @@ class Runner(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def check_capacity(self) -> None:
+        """Overloaded (counted) if a request now would be shed: asked before a body is read,
+        so that shedding costs a fraction of serving."""
+        ...
+
     async def predict(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
         """`accepted`: the request chose this runner before an await, so a retire since
         then lets it finish here (see _BoundedQueue.predict)."""
@@ -66,6 +73,7 @@ class _Job:
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
     queued: float  # perf_counter() when admitted
+    due: float  # perf_counter() by which its batch must start (server/deadlines.py)
 
 
 def observe_run(metrics: Metrics | None, jobs: list[_Job], started: float, finished: float) -> None:
@@ -117,8 +125,20 @@ class InlineRunner:
     def queue_depth(self) -> int:
         return 0
 
+    def check_capacity(self) -> None:
+        pass
+
     async def predict(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
+        check_deadline(self.metrics)
         return run_alone(self._predict, rows, self.metrics)
+
+
+def check_deadline(metrics: Metrics | None) -> None:
+    """DeadlineExceeded, counted, if the current request's deadline has passed."""
+    if time.perf_counter() > deadlines.due.get():
+        if metrics is not None:
+            metrics.expired += 1
+        raise deadlines.expired()
 
 
 def run_alone(predict: Predict, rows: np.ndarray, metrics: Metrics | None) -> np.ndarray:
@@ -194,27 +214,54 @@ class _BoundedQueue:
     ) -> _Job:
         if self._closed or (self._retired and not accepted):
             raise shutting_down()
-        if bounded and len(self._pending) >= self.max_queue:
+        now = time.perf_counter()
+        # A chunk after a request's first is exempt: what was begun is finished.
+        due = deadlines.due.get() if bounded else math.inf
+        if now > due:
+            if self.metrics is not None:
+                self.metrics.expired += 1
+            raise deadlines.expired()
+        if bounded:
+            self.check_capacity()
+        job = _Job(rows, loop.create_future(), loop, now, due)
+        self._pending.append(job)
+        self._pending_rows += len(rows)
+        return job
+
+    def check_capacity(self) -> None:
+        if len(self._pending) >= self.max_queue:
             if self.metrics is not None:
                 self.metrics.shed += 1
             # Shed load now rather than let every queued request grow late.
             raise Overloaded(
                 "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
             )
-        job = _Job(rows, loop.create_future(), loop, time.perf_counter())
-        self._pending.append(job)
-        self._pending_rows += len(rows)
-        return job
 
-    def _take_batch(self) -> list[_Job]:
-        """The oldest jobs, up to max_batch rows, and always at least one."""
-        jobs = [self._pending.popleft()]
-        rows = len(jobs[0].rows)
-        while self._pending and rows + len(self._pending[0].rows) <= self.max_batch:
+    def _take_batch(self) -> tuple[list[_Job], list[_Job]]:
+        """The oldest jobs still within their deadline, up to max_batch rows, and the jobs
+        passed over because their deadline has gone: (batch, expired). The batch is empty
+        only when every waiting job had expired."""
+        now = time.perf_counter()
+        jobs: list[_Job] = []
+        late: list[_Job] = []
+        rows = 0
+        while self._pending:
+            job = self._pending[0]
+            if now > job.due:
+                late.append(self._pending.popleft())
+                self._pending_rows -= len(job.rows)
+                continue
+            if jobs and rows + len(job.rows) > self.max_batch:
+                break
             jobs.append(self._pending.popleft())
-            rows += len(jobs[-1].rows)
+            rows += len(job.rows)
         self._pending_rows -= rows
-        return jobs
+        if late and self.metrics is not None and self._counts_on_loop:
+            self.metrics.expired += len(late)
+        return jobs, late
+
+    # Whether _take_batch runs on the event loop, where the tallies may be touched.
+    _counts_on_loop = True
 
 
 class LoopBatcher(_BoundedQueue):
@@ -246,6 +293,7 @@ class LoopBatcher(_BoundedQueue):
             # An idle server: answer now rather than wait a turn of the loop for
             # company (about 50 us here). Under load the model has always run in
             # the turn before, so at most the first request of a turn comes here.
+            check_deadline(self.metrics)
             self._mark_run(loop)
             return run_alone(self._predict, rows, self.metrics)
         job = self._admit(rows, loop, accepted, bounded)
@@ -279,9 +327,14 @@ class LoopBatcher(_BoundedQueue):
             return
         loop = asyncio.get_running_loop()
         self._mark_run(loop)
-        batch = self._take_batch()
+        batch, late = self._take_batch()
         if self._pending:  # more than one batch was waiting: the rest go next turn
             self._flush_handle = loop.call_soon(self._flush)
+        for job in late:
+            if not job.future.done():
+                job.future.set_exception(deadlines.expired())
+        if not batch:
+            return
         started = time.perf_counter()
         results = score_batch(self._predict, batch)
         observe_run(self.metrics, batch, started, time.perf_counter())
@@ -295,6 +348,9 @@ class LoopBatcher(_BoundedQueue):
 
 
 class Batcher(_BoundedQueue):
+    _counts_on_loop = False  # the inference thread takes batches: expired ones are counted
+    # on the loop, when they are answered
+
     def _setup(self) -> None:
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
@@ -328,8 +384,19 @@ class Batcher(_BoundedQueue):
         with self._wake:
             self._wake.notify()
 
-    def _take(self) -> list[_Job] | None:
-        """Block until there is work and return a batch of it; None once closed."""
+    def _count_expired(self, late: list[_Job]) -> Callable[[], None] | None:
+        metrics = self.metrics
+        if metrics is None:
+            return None
+
+        def count() -> None:
+            metrics.expired += len(late)
+
+        return count
+
+    def _take(self) -> tuple[list[_Job], list[_Job]] | None:
+        """Block until there is work and return a batch of it, with the jobs that expired
+        waiting (see _take_batch); None once closed."""
         with self._wake:
             while not self._pending and not self._closed:
                 # Retired: stop once nothing waits and no chunked request has more to send.
@@ -352,7 +419,12 @@ class Batcher(_BoundedQueue):
             return self._take_batch()
 
     def _work(self) -> None:
-        while (jobs := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            jobs, late = taken
+            if late:
+                _deliver(late, [deadlines.expired() for _ in late], self._count_expired(late))
+            if not jobs:
+                continue
             started = time.perf_counter()
             results = score_batch(self._predict, jobs)
             # Observed on the loop, with the answers: the tallies are not thread-safe.

@@ -105,6 +105,14 @@ class Overloaded(ServingError):
     code = "overloaded"
 
 
+class DeadlineExceeded(ServingError):
+    """The request waited past its deadline (FRAUD_REQUEST_DEADLINE_MS or the caller's
+    X-Request-Deadline-Ms) before reaching the model: not scored (server/deadlines.py)."""
+
+    status_code = 503
+    code = "deadline_exceeded"
+
+
 class StateUnavailable(ServingError):
     """The account state store (Redis) cannot be reached or keeps conflicting: no event is
     scored without its account's state, and nothing was applied."""

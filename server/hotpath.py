@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from server import logs
+from server import deadlines, logs
 from server.auth import ApiKeyGuard
 from server.endpoints import (
     API_KEY,
@@ -94,8 +94,10 @@ class ScoringRoutes:
         limiter: RateLimiter | None = None,
         events: EventScoring | None = None,
         v2: V2Endpoints | None = None,
+        deadline_ms: float = 0.0,
     ) -> None:
         self.context = context
+        self.deadline_ms = deadline_ms
         self.state = state
         self.guard = guard
         self.metrics = context.metrics
@@ -141,8 +143,15 @@ class ScoringRoutes:
         status = 500  # unless an answer is sent
         # When the body was read, validated and encoded, as far as the request gets.
         stamps = [started, NAN, NAN, NAN, NAN] if self.metrics is not None else None
+        due_token = None
         try:
             try:
+                # From when the head arrived (stamped by server/protocol.py), else from now.
+                arrived = scope.get(deadlines.ARRIVED, started)
+                due = deadlines.deadline_of(
+                    arrived, self.deadline_ms, headers.get(deadlines.HEADER)
+                )
+                due_token = deadlines.due.set(due)
                 if infer is not None and self.v2 is not None:
                     content, content_headers = await self.v2.answer_infer(
                         scope["method"], headers, receive, infer[1], infer[2], stamps
@@ -174,6 +183,8 @@ class ScoringRoutes:
         finally:
             # Counted even when the request is cancelled or the client is gone mid-answer.
             logs.request_id.reset(token)
+            if due_token is not None:
+                deadlines.due.reset(due_token)
             if stamps is not None or self.context.access_log:
                 finished = perf_counter()
                 if stamps is not None and self.metrics is not None:
@@ -208,7 +219,8 @@ class ScoringRoutes:
             # Without auth the key is whatever a client sends: one shared bucket then.
             self.limiter.take(key or "" if self.guard.enabled else "")
         version = requested_version(scope["query_string"])
-        self.state.ready_snapshot(model)  # 404 or 503 before reading a body meant for nobody
+        # 404 or 503 before reading a body meant for nobody, or one that would be shed.
+        self.state.ready_service(version, model).refuse_early()
         require_json(headers.get(b"content-type"))
         body = await read_body(headers.get(b"content-length"), receive, limit)
         # The version is looked up only now, after the last await before the model

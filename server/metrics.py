@@ -159,6 +159,7 @@ class Metrics:
         self.decisions: dict[tuple[str, str], int] = {}  # (model, decision)
         self.out_of_distribution: dict[str, int] = {}  # model -> flagged rows
         self.shed = 0
+        self.expired = 0  # answered 503 deadline_exceeded by the queue
         self.rate_limited = 0
         self.gauge_sources: list[GaugeSource] = []
         self.counter_sources: list[GaugeSource] = []
@@ -302,6 +303,11 @@ class Metrics:
                 {(m,): n for m, n in self.out_of_distribution.items()},
             ),
             "fraud_shed": ("Requests shed with 503: the queue was full.", (), {(): self.shed}),
+            "fraud_deadline_exceeded": (
+                "Requests answered 503 unscored: they waited past their deadline.",
+                (),
+                {(): self.expired},
+            ),
             "fraud_rate_limited": (
                 "Requests refused with 429: over the key's rate.",
                 (),

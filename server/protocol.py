@@ -9,6 +9,11 @@ has sent part of one, it gets 408 and is closed; if it has sent nothing, it is c
 a word (uvicorn's own keep-alive timer, of the same length, usually gets there first), since
 a client may be sending a request at that very moment and would take a 408 for its answer.
 
+It also stamps each request with the time its head arrived, from which the request's
+deadline runs (server/deadlines.py), and applies the per-worker caps on requests in hand
+and on connections (server/admission.py): a request beyond them is answered 503 and its
+connection closed before the app sees it.
+
 Chosen on the command line, in place of `--http httptools`:
 
     uvicorn --factory server.app:create_app --http server.protocol:DeadlineHttpToolsProtocol
@@ -17,10 +22,12 @@ Chosen on the command line, in place of `--http httptools`:
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server import admission, deadlines
 from server.errors import RequestTimeout
 
 
@@ -44,6 +51,9 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     _timer: asyncio.TimerHandle | None = None
     _due: float | None = None  # loop time by which a whole request must have arrived
     _heard = False  # bytes arrived since the connection opened or was last answered
+    _admission: admission.Admission | None = None
+    _excess = False  # opened beyond the connection cap: its first request is refused
+    _refused = False  # answered 503 and closing: whatever else it sends is ignored
 
     def _arm(self) -> None:
         self._heard = False
@@ -81,13 +91,53 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        limits = self.app_state.get(admission.KEY)
+        if isinstance(limits, admission.Admission):
+            self._admission = limits
+            self._excess = limits.over_connections(len(self.connections))
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         self._heard = True
         super().data_received(data)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[deadlines.ARRIVED] = perf_counter()  # type: ignore[literal-required]
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return  # a request pipelined behind a refused one: it goes unanswered with it
+        limits = self._admission
+        if limits is not None:
+            if self._excess:
+                limits.refused_connections += 1
+                self._refuse()
+                return
+            if limits.over_in_hand(len(self.tasks)):
+                limits.refused_in_hand += 1
+                self._refuse()
+                return
+        super().on_headers_complete()
+
+    def _refuse(self) -> None:
+        """503 and close, with no task, no app and no body read: the cheapest answer there
+        is. The parser may still call back for the rest of what arrived with the head;
+        those callbacks see `_refused` and do nothing."""
+        self._refused = True
+        self._disarm()
+        self.transport.write(admission.REFUSAL)
+        self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         # A body that ends after its request was answered (say a 403 sent before the body
         # came) starts nothing: the clock set at that answer keeps running.
         if self._answering():

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from server.alerts import AlertSender
-from server.batching import Runner
+from server.batching import Runner, check_deadline
 from server.drift import ScoreDrift
 from server.errors import ModelFailure, SettingsError
 from server.metrics import VALIDATED, Metrics
@@ -123,6 +123,12 @@ class ScoringService:
                 )
             ]
         }
+
+    def refuse_early(self) -> None:
+        """503 now, before the request's body is read, if the queue is full or the request's
+        deadline has passed: a refusal then costs a fraction of a served request."""
+        self.runner.check_capacity()
+        check_deadline(self.metrics)
 
     async def predict_rows(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
         """Validated (rows, F) float32 features -> probabilities, through the shared batcher;

@@ -56,8 +56,18 @@ class Settings:
     # How long the inference thread may wait for more rows once one arrived, in
     # microseconds. 0: never make a request wait for company.
     max_queue_delay_us: int = 0
-    # Requests waiting for the model beyond this many get 503 at once.
+    # Requests waiting for the model beyond this many get 503 at once, before their body
+    # is read.
     max_queue: int = 1024
+    # A request that has waited this long since its head arrived, when it reaches the model
+    # queue or when its batch is about to run, is answered 503 deadline_exceeded unscored.
+    # A caller may ask for less with X-Request-Deadline-Ms. 0: no server deadline.
+    request_deadline_ms: float = 100.0
+    # Per worker, in the HTTP protocol class (server/protocol.py): a request that arrives
+    # while this many are already in hand, or on a connection beyond the connection cap,
+    # is answered 503 and its connection closed before the app sees it. 0: no cap.
+    max_requests_in_hand: int = 0
+    max_connections: int = 0
     # Where micro-batches run: "loop" (on the event loop, at its next turn),
     # "thread" (on a dedicated inference thread), or "inline" (each request alone,
     # at once, no queue: for comparison).
@@ -124,6 +134,16 @@ class Settings:
             )
         if not 0 <= self.max_queue_delay_us <= 1_000_000:
             raise SettingsError(f"{PREFIX}MAX_QUEUE_DELAY_US must be within [0, 1000000]")
+        if not (math.isfinite(self.request_deadline_ms) and 0 <= self.request_deadline_ms <= 3.6e6):
+            raise SettingsError(f"{PREFIX}REQUEST_DEADLINE_MS must be 0 (off) or up to 3600000")
+        if 0 < self.request_deadline_ms <= self.max_queue_delay_us / 1000:
+            # Every request that waited for company would expire waiting.
+            raise SettingsError(
+                f"{PREFIX}MAX_QUEUE_DELAY_US must be shorter than {PREFIX}REQUEST_DEADLINE_MS"
+            )
+        for name in ("max_requests_in_hand", "max_connections"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be 0 (no cap) or more")
         if self.max_versions < 0:
             raise SettingsError(f"{PREFIX}MAX_VERSIONS must be 0 (all) or more")
         if not (self.poll_interval_s == 0 or 0.1 <= self.poll_interval_s <= 86_400):
@@ -245,6 +265,8 @@ class Settings:
             "RATE_LIMIT_BURST",
             "ALERT_QUEUE",
             "ALERT_RETRIES",
+            "MAX_REQUESTS_IN_HAND",
+            "MAX_CONNECTIONS",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)
@@ -257,6 +279,7 @@ class Settings:
             "SHUTDOWN_TIMEOUT_S",
             "STATE_SNAPSHOT_INTERVAL_S",
             "STATE_TTL_DAYS",
+            "REQUEST_DEADLINE_MS",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, float)

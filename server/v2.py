@@ -151,7 +151,8 @@ class V2Endpoints:
         if self.limiter is not None:
             # Without auth the key is whatever a client sends: one shared bucket then.
             self.limiter.take(key or "" if self.guard.enabled else "")
-        self.state.ready_snapshot(name).get(version)  # 404 before reading a body for nobody
+        # 404 or 503 before reading a body meant for nobody, or one that would be shed.
+        self.state.ready_snapshot(name).get(version).refuse_early()
         body = await read_body(headers.get(b"content-length"), receive, self.max_body_bytes)
         if stamps is not None:
             stamps[BODY_READ] = perf_counter()

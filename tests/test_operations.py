@@ -232,6 +232,7 @@ def test_sigterm_drains_under_load_without_failing_an_accepted_request(
         "FRAUD_SHUTDOWN_DRAIN_S": "2.0",
         "FRAUD_SHUTDOWN_TIMEOUT_S": "20",
         "FRAUD_MAX_QUEUE_DELAY_US": "400000",
+        "FRAUD_REQUEST_DEADLINE_MS": "5000",  # longer than the wait for company
     }
     typical = typical_row(tiny_model_dir)
     server = start_server(tiny_model_dir, tmp_path / "uvicorn.log", env)

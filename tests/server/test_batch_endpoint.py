@@ -140,7 +140,14 @@ class BlockingScorer(FakeScorer):
 def test_a_full_queue_answers_503_at_once_not_a_hang() -> None:
     scorer = BlockingScorer()
     # The thread runner: a stuck model there leaves the event loop free to shed.
-    settings = Settings(api_keys=(KEY,), max_queue=2, max_batch=1, inference_mode="thread")
+    # No deadline: the queued requests wait out the stuck model and are then served.
+    settings = Settings(
+        api_keys=(KEY,),
+        max_queue=2,
+        max_batch=1,
+        inference_mode="thread",
+        request_deadline_ms=0,
+    )
     app = create_app(settings, scorer=scorer)
 
     async def scenario() -> list[httpx2.Response]:

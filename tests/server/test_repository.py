@@ -317,7 +317,9 @@ def test_requests_in_flight_finish_on_the_version_they_found(tmp_path: Path, mod
     # Loop mode: a long queue delay keeps both requests waiting in the old batcher's
     # queue across the swap. Thread mode: the first is inside session.run on the
     # inference thread, the second queued behind it.
-    settings = Settings(api_keys=("k",), inference_mode=mode, max_queue_delay_us=200_000)
+    settings = Settings(
+        api_keys=("k",), inference_mode=mode, max_queue_delay_us=200_000, request_deadline_ms=0
+    )
     old, new = HeldScorer("1"), HeldScorer("2")
     new.release.set()
     if mode == "loop":

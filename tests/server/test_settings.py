@@ -86,6 +86,12 @@ def test_an_admin_key_must_not_score() -> None:
         {"FRAUD_MAX_BATCH": "0"},
         {"FRAUD_MAX_QUEUE": "-1"},
         {"FRAUD_MAX_QUEUE_DELAY_US": "-5"},
+        {"FRAUD_MAX_QUEUE_DELAY_US": "100000"},  # as long as the default deadline
+        {"FRAUD_REQUEST_DEADLINE_MS": "-1"},
+        {"FRAUD_REQUEST_DEADLINE_MS": "soon"},
+        {"FRAUD_REQUEST_DEADLINE_MS": "inf"},
+        {"FRAUD_MAX_CONNECTIONS": "-1"},
+        {"FRAUD_MAX_REQUESTS_IN_HAND": "-3"},
         {"FRAUD_MAX_BATCH_ITEMS": "0"},
         {"FRAUD_INFERENCE_MODE": "gpu"},
         {"FRAUD_REVIEW_THRESHOLD": "1.5"},
