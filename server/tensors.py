@@ -55,8 +55,10 @@ def parse_infer_request(
     unknown = set(payload) - REQUEST_FIELDS
     if unknown:
         raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}")
+    # The protocol types id as a string when present: null is no string (unlike outputs,
+    # where null is documented as absent).
     request_id = payload.get("id")
-    if request_id is not None and type(request_id) is not str:
+    if "id" in payload and type(request_id) is not str:
         raise InvalidRequest("id must be a string")
     inputs = payload.get("inputs")
     if type(inputs) is not list or len(inputs) != 1 or type(inputs[0]) is not dict:
@@ -98,8 +100,11 @@ def parse_input(
             f"the input shape must be [n, {n_features}] with 1 <= n <= {max_rows}, got {shape!r}"
         )
     rows = shape[0]
-    size = _parameters(tensor, "the input").get("binary_data_size")
-    if size is not None:
+    parameters = _parameters(tensor, "the input")
+    # The parameter's presence, whatever its value, says the tensor travels as binary: a null
+    # is no int64, and a size beside JSON data contradicts it (n x F x 4 bytes is never 0).
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
         if "data" in tensor:
             raise InvalidRequest("the input has both data and binary_data_size")
         if type(size) is not int or size != rows * n_features * 4 or len(binary) != size:
