@@ -65,6 +65,18 @@ ERROR_HEADERS = {401: "WWW-Authenticate", 429: "Retry-After", 503: "Retry-After"
 SCORE_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 500, 503)
 INFER_ERRORS = (400, 401, 403, 404, 413, 429, 500, 503)
 NAMED = "/v1/models/{name}"
+# With several models, these bodies must fit the model the path names: its width, feature
+# names and tensor names (GET /v1/models/{name}, GET /v2/models/{name}).
+PER_MODEL_BODIES = (
+    NAMED + "/score",
+    NAMED + "/score/batch",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+)
+PER_MODEL_TEXT = (
+    "The body follows the model the path names: its width, feature names and tensor names "
+    "(GET /v1/models/{name}, GET /v2/models/{name}). The schema admits any served model's."
+)
 PINNABLE = (
     "/v1/score",
     "/v1/score/batch",
@@ -228,11 +240,16 @@ def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
     } | event_request_bodies()
 
 
-def paths(names: tuple[str, ...]) -> dict[str, Schema]:
+def paths(names: tuple[str, ...], several_models: bool = False) -> dict[str, Schema]:
     bodies = request_bodies(names)
     result: dict[str, Schema] = {}
     for method, path, summary, schema, statuses, key in routes():
         operation: Schema = {"summary": summary, "tags": [path.split("/")[1].split(".")[0]]}
+        if several_models and path in PER_MODEL_BODIES:
+            # No schema can tie a body to the model its path names: said here, in words and
+            # as a flag that tools can select the operation by.
+            operation["description"] = PER_MODEL_TEXT
+            operation["x-body-per-model"] = True
         operation["responses"] = responses(path, schema, statuses)
         if key is not None:
             operation["security"] = [{key: []}]
@@ -277,10 +294,14 @@ def openapi_document(
             '{"error": {"code", "message", "field"?}}; v2 errors are {"error": "<message>"}. '
             "Routes needing X-API-Key need none when auth is disabled (development only).",
         },
-        "paths": paths(feature_names),
+        "paths": paths(feature_names, several_models),
         "components": {
             "schemas": score_schemas(
-                feature_names, max_batch_items, missing_allowed, any_missing_allowed
+                feature_names,
+                max_batch_items,
+                missing_allowed,
+                any_missing_allowed,
+                several_models,
             )
             | model_schemas(width)
             | event_schemas(max_batch_items)
@@ -289,11 +310,15 @@ def openapi_document(
                 max_batch_items,
                 None if several_models else input_name,
                 None if several_models else output_name,
+                any_missing_allowed if several_models else missing_allowed,
             ),
             "parameters": {
                 "Name": path_param
-                | {"name": "name", "description": "A served model."}
-                | ({"examples": {n: {"value": n} for n in model_names}} if model_names else {}),
+                | {"name": "name", "description": "A served model; any other name is a 404."}
+                | ({"examples": {n: {"value": n} for n in model_names}} if model_names else {})
+                | (
+                    {"schema": {"type": "string", "enum": list(model_names)}} if model_names else {}
+                ),
                 "Version": path_param | {"name": "version"},
                 "PinnedVersion": {
                     "in": "query",

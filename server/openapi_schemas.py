@@ -20,6 +20,8 @@ STRING: Schema = {"type": "string"}
 BOOLEAN: Schema = {"type": "boolean"}
 PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Up to this v2 row limit the document states len(data) = n x F exactly: rows_tied_to_data.
+EXACT_ROWS = 16
 
 
 def ref(name: str, kind: str = "schemas") -> Schema:
@@ -59,9 +61,11 @@ def score_schemas(
     max_items: int,
     missing_allowed: bool = False,
     any_missing_allowed: bool = False,
+    several_models: bool = True,
 ) -> dict[str, Schema]:
-    """The default model's requests (exact), any model's (any width), and the answers;
-    null values where the default model (or any served model) fills missing inputs."""
+    """The default model's requests (exact), any model's (any width; exact too when the
+    default is the only model), and the answers; null values where the default model (or
+    any served model) fills missing inputs."""
     n = len(names)
     value = nullable(float32()) if missing_allowed else float32()
     any_value = nullable(float32()) if any_missing_allowed else float32()
@@ -83,6 +87,8 @@ def score_schemas(
         "description": "Finite numbers within float32 range: an array in the model's order or "
         "an object naming every feature (GET /v1/models/{name} lists them).",
     }
+    if not several_models:  # the named routes reach no other model
+        any_features = features
     result = {
         "transaction_id": {"type": ["string", "null"]},
         "fraud_probability": PROBABILITY,
@@ -164,36 +170,46 @@ def model_schemas(n_features: int | None) -> dict[str, Schema]:
 
 
 def v2_schemas(
-    n_features: int | None, max_rows: int, input_name: str | None, output_name: str | None
+    n_features: int | None,
+    max_rows: int,
+    input_name: str | None,
+    output_name: str | None,
+    missing_allowed: bool = False,
 ) -> dict[str, Schema]:
-    """The v2 tensors: the one model's names and width, or (None) any served model's."""
+    """The v2 tensors: the one model's names and width, or (None) any served model's; null
+    values where the model (or, for any model, one of them) fills missing inputs."""
     shape = array({"type": "integer"})
     tensor = obj({"name": STRING, "datatype": STRING, "shape": shape})
     binary_size = obj(
         {"binary_data_size": {"type": "integer", "minimum": 0}}, ("binary_data_size",)
     )
+    value = nullable(float32()) if missing_allowed else float32()
     rows = {"type": "integer", "minimum": 1, "maximum": max_rows}
     width = "F" if n_features is None else str(n_features)
     if n_features is None:
         columns: Schema = {"type": "integer", "minimum": 1}
-        data = [array(float32(), 1), array(array(float32(), 1), 1, max_rows)]
+        data = [array(value, 1), array(array(value, 1), 1, max_rows)]
     else:
         columns = {"type": "integer", "const": n_features}
-        data = [array(float32(), n_features, n_features * max_rows)]
-        data.append(array(array(float32(), n_features, n_features), 1, max_rows))
+        data = [array(value, n_features, n_features * max_rows)]
+        data.append(array(array(value, n_features, n_features), 1, max_rows))
     input_schema = STRING if input_name is None else {"const": input_name}
     infer_input: dict[str, Schema] = {
         "name": input_schema | {"description": "The model's input (see its metadata)."},
         "datatype": {"const": DATATYPE},
         "shape": {"type": "array", "prefixItems": [rows, columns], "items": False, "minItems": 2},
         "data": {"oneOf": data, "description": "Row-major: n x F numbers, or n rows of F."},
-        "parameters": binary_size
-        | {
-            "description": f"Binary extension only: binary_data_size = n x {width} x 4 "
-            f"bytes of little-endian float32 follow the JSON header (see {HEADER_LENGTH}), "
-            "in place of data.",
+        # The parameter says the tensor's bytes follow the JSON header; a JSON body has none
+        # after it, so here the parameter is refused (the binary form is described in words).
+        "parameters": {
+            "type": "object",
+            "not": {"required": ["binary_data_size"]},
+            "description": f"Other parameters are ignored. binary_data_size belongs to the "
+            f"binary extension's form only: n x {width} x 4 bytes of little-endian float32 "
+            f"after the JSON header (see {HEADER_LENGTH}), in place of data.",
         },
     }
+    exact = {} if n_features is None else rows_tied_to_data(n_features, max_rows, value)
     output_choice = obj(
         {
             "name": STRING if output_name is None else {"const": output_name},
@@ -214,8 +230,9 @@ def v2_schemas(
         "V2InferInput": obj(
             infer_input,
             ("parameters",),
-            description="In JSON: data, with n x F values for shape [n, F]. With the binary "
-            "extension, parameters.binary_data_size instead of data.",
+            description="data holds n x F values for shape [n, F]; with the binary extension, "
+            "parameters.binary_data_size takes its place.",
+            **exact,
         ),
         "V2InferRequest": obj(
             {
@@ -261,3 +278,19 @@ def v2_schemas(
             {"error": obj({"code": STRING, "message": STRING, "field": STRING}, ("field",))}
         ),
     }
+
+
+def rows_tied_to_data(n_features: int, max_rows: int, value: Schema) -> Schema:
+    """With a small row limit, one branch a row count n: data holds exactly n x F values
+    (flat or nested) for shape [n, F]. JSON Schema cannot relate two fields' sizes in general,
+    so beyond EXACT_ROWS the rule is in words only, rather than a document of a thousand
+    branches."""
+    if max_rows > EXACT_ROWS:
+        return {}
+    branches = []
+    for n in range(1, max_rows + 1):
+        flat = array(value, n * n_features, n * n_features)
+        nested = array(array(value, n_features, n_features), n, n)
+        shape = {"prefixItems": [{"const": n}]}
+        branches.append({"properties": {"shape": shape, "data": {"oneOf": [flat, nested]}}})
+    return {"oneOf": branches}

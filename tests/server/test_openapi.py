@@ -13,7 +13,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.openapi import openapi_document
+from server.openapi import PER_MODEL_BODIES, openapi_document
+from server.openapi_schemas import EXACT_ROWS
 from server.settings import Settings
 from tests.server.fakes import FEATURES, FakeScorer
 
@@ -180,11 +181,64 @@ def test_the_v2_infer_request_schema() -> None:
     # A binary extension header without its bytes is not a valid JSON request: the schema
     # describes the JSON form, and the binary form in words.
     assert not valid("V2InferRequest", binary)
-    binary["inputs"][0]["data"] = [0.1, 0.0, 1.0]
+    # Nor is a size beside JSON data, whatever the size (the server refuses both).
+    for size in (12, 0, None):
+        binary["inputs"][0]["data"] = [0.1, 0.0, 1.0]
+        binary["inputs"][0]["parameters"] = {"binary_data_size": size}
+        assert not valid("V2InferRequest", binary), size
+    binary["inputs"][0]["parameters"] = {"other": "ignored"}
     assert valid("V2InferRequest", binary)
     too_many = infer_body(MAX_ITEMS + 1)
     assert not valid("V2InferRequest", too_many)
     assert not valid("V2InferRequest", infer_body() | {"extra": 1})
+    assert not valid("V2InferRequest", infer_body() | {"id": None})
+
+
+def test_the_v2_schema_ties_the_data_to_the_shape_under_a_small_row_limit() -> None:
+    assert MAX_ITEMS <= EXACT_ROWS
+    for rows in range(1, MAX_ITEMS + 1):
+        nested = infer_body(rows)
+        flat = infer_body(rows)
+        flat["inputs"][0]["data"] = [v for row in nested["inputs"][0]["data"] for v in row]
+        assert valid("V2InferRequest", nested) and valid("V2InferRequest", flat)
+        for other in {1, rows - 1, rows + 1} & set(range(1, MAX_ITEMS + 1)) - {rows}:
+            for body in (nested, flat):
+                mismatched = json.loads(json.dumps(body))
+                mismatched["inputs"][0]["shape"] = [other, 3]
+                assert not valid("V2InferRequest", mismatched), (rows, other)
+    # Over the limit the document says it in words, not in a branch a row count.
+    large = openapi_document(FEATURES, EXACT_ROWS + 1)["components"]["schemas"]
+    assert "oneOf" not in large["V2InferInput"]
+
+
+def test_with_one_model_the_named_routes_take_its_exact_schemas() -> None:
+    schemas = DOCUMENT["components"]["schemas"]
+    assert schemas["NamedScoreRequest"] == schemas["ScoreRequest"]
+    assert not valid("NamedScoreRequest", {"features": [0.0]})
+    several = openapi_document(FEATURES, MAX_ITEMS, several_models=True, model_names=("a", "b"))
+    named = several["components"]["schemas"]["NamedScoreRequest"]
+    assert Draft202012Validator(named).is_valid({"features": [0.0]})  # any model's width
+    flagged = {
+        path
+        for path, item in several["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS and operation.get("x-body-per-model")
+    }
+    assert flagged == set(PER_MODEL_BODIES)
+    assert not any("x-body-per-model" in str(item) for item in DOCUMENT["paths"].values())
+
+
+def test_the_model_name_is_one_of_the_served_models() -> None:
+    document = openapi_document(FEATURES, MAX_ITEMS, model_names=("a", "b"))
+    name = document["components"]["parameters"]["Name"]
+    assert name["schema"] == {"type": "string", "enum": ["a", "b"]}
+    with make_client() as client:
+        served = client.get("/openapi.json").json()["components"]["parameters"]["Name"]
+        assert served["schema"]["enum"] == ["fake"]
+        unknown = client.post(
+            "/v1/models/other/score", json={"features": [0, 0, 0]}, headers={"X-API-Key": KEY}
+        )
+    assert unknown.status_code == 404
 
 
 @pytest.mark.parametrize(
