@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from features.events import EVENT_TYPES, FEATURES
-from features.reading import FLOAT_MAX, ISO_TIME, MAX_ID_CHARS, MAX_TIMESTAMP
+from features.reading import FLOAT_MAX, MAX_ID_CHARS, MAX_TIMESTAMP
 from server.openapi_schemas import BOOLEAN, PROBABILITY, STRING, Schema, array, obj, ref
 from server.service import APPROVE, DECLINE, REVIEW
 
@@ -28,15 +28,41 @@ EXAMPLE_EVENT = {
 }
 
 
+# The ISO-8601 strings features/reading.py takes, as a pattern: calendar dates (leap days in
+# leap years only), times of day and zones that datetime.fromisoformat accepts. The 1970-2200
+# bound holds in UTC: a zone offset moves a time across it on the first and last days, so on
+# 1970-01-01 and 2199-12-31 the pattern omits the offsets that could, and the two days beyond.
+DAYS = {28: "(0[1-9]|1[0-9]|2[0-8])", 30: "(0[1-9]|[12][0-9]|30)", 31: "(0[1-9]|[12][0-9]|3[01])"}
+MONTHS = [
+    f"{m:02d}-{DAYS[n]}" for m, n in enumerate((31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31), 1)
+]
+YEARS = "(197[1-9]|19[89][0-9]|20[0-9]{2}|21[0-8][0-9]|219[0-8])"
+LEAP_YEARS = (
+    "(19(7[26]|8[048]|9[26])|20([02468][048]|[13579][26])|21(0[48]|[2468][048]|[13579][26]))"
+)
+DATES = (
+    f"{YEARS}-({'|'.join(MONTHS)})|{LEAP_YEARS}-02-29"
+    f"|1970-(01-(0[2-9]|[12][0-9]|3[01])|{'|'.join(MONTHS[1:])})"  # not 1970-01-01
+    f"|2199-({'|'.join(MONTHS[:-1])}|12-(0[1-9]|[12][0-9]|30))"  # not 2199-12-31
+)
+TIME = "[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.,][0-9]{1,9})?)?"
+OFFSET = "([01][0-9]|2[0-3]):?[0-5][0-9]"
+DATE_TIME = (
+    f"^(({DATES})({TIME}(Z|[+-]{OFFSET})?)?"
+    f"|1970-01-01({TIME}(Z|-{OFFSET}|[+]00:?00)?)?"
+    f"|2199-12-31({TIME}(Z|[+]{OFFSET}|-00:?00)?)?)$"
+)
+
+
 def timestamp(description: str, nullable: bool = False) -> Schema:
     forms: list[Schema] = [
         {"type": "number", "minimum": 0, "maximum": MAX_TIMESTAMP},
-        {"type": "string", "pattern": f"^{ISO_TIME.pattern}$"},
+        {"type": "string", "pattern": DATE_TIME},
     ]
     return {
         "oneOf": forms + ([{"type": "null"}] if nullable else []),
         "description": description + ": epoch seconds, or an ISO-8601 date with an optional "
-        "time and zone (UTC when it names none), between 1970 and 2200"
+        "time and zone (UTC when it names none), between 1970 and 2200 in UTC"
         + ("; null or absent: unknown." if nullable else "."),
     }
 
