@@ -19,10 +19,11 @@ uvicorn's protocol objects; the protocol class reads it per connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
+from server.accepting import Acceptor
 from server.errors import Overloaded
 
 # The lifespan-state key under which the app publishes its Admission.
@@ -47,9 +48,20 @@ REFUSAL = refusal_answer()
 class Admission:
     max_requests_in_hand: int = 0
     max_connections: int = 0
+    # Connections the protocol class accepts itself per new connection (server/accepting.py).
+    accept_batch: int = 0
     # Refusals so far, by cap: read by /metrics.
     refused_in_hand: int = 0
     refused_connections: int = 0
+    acceptor: Acceptor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.accept_batch > 0:
+            self.acceptor = Acceptor(self.accept_batch)
+
+    def close(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.close()
 
     def over_connections(self, held: int) -> bool:
         """A connection that makes `held` open connections is beyond the cap."""

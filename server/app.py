@@ -217,7 +217,9 @@ def create_app(
     if metrics is not None:
         metrics.counter_sources.append(event_counters(events))
     shutdown = GracefulShutdown(settings.shutdown_drain_s, settings.shutdown_timeout_s)
-    limits = Admission(settings.max_requests_in_hand, settings.max_connections)
+    limits = Admission(
+        settings.max_requests_in_hand, settings.max_connections, settings.accept_batch
+    )
     if metrics is not None:
         metrics.counter_sources.append(limits.counters)
     if settings.log_format == "json":
@@ -293,6 +295,7 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        limits.close()
         for repository in state.repositories.values():
             await repository.close()
         # In-flight requests are done (uvicorn waits for them before the lifespan ends), so

@@ -95,7 +95,17 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         if isinstance(limits, admission.Admission):
             self._admission = limits
             self._excess = limits.over_connections(len(self.connections))
+            # Only while there is room: under overload, uvloop's one accept a turn and the
+            # kernel's short queue are what hold new connections back.
+            if limits.acceptor is not None and not limits.over_in_hand(2 * len(self.tasks)):
+                limits.acceptor.take_waiting(transport, self._sibling, self.loop)
         self._arm()
+
+    def _sibling(self) -> DeadlineHttpToolsProtocol:
+        """A protocol object like this one, for a connection accepted here."""
+        return type(self)(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

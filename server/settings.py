@@ -65,9 +65,14 @@ class Settings:
     request_deadline_ms: float = 100.0
     # Per worker, in the HTTP protocol class (server/protocol.py): a request that arrives
     # while this many are already in hand, or on a connection beyond the connection cap,
-    # is answered 503 and its connection closed before the app sees it. 0: no cap.
-    max_requests_in_hand: int = 0
+    # is answered 503 and its connection closed before the app sees it. 0: no cap. 256 in
+    # hand is about what one worker answers within the default deadline.
+    max_requests_in_hand: int = 256
     max_connections: int = 0
+    # Per new connection, while fewer than half the requests-in-hand cap are in hand, accept
+    # up to this many more that wait in the kernel's queue (server/accepting.py); 0: only
+    # uvloop's one accept per turn of the loop.
+    accept_batch: int = 16
     # Where micro-batches run: "loop" (on the event loop, at its next turn),
     # "thread" (on a dedicated inference thread), or "inline" (each request alone,
     # at once, no queue: for comparison).
@@ -141,7 +146,7 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}MAX_QUEUE_DELAY_US must be shorter than {PREFIX}REQUEST_DEADLINE_MS"
             )
-        for name in ("max_requests_in_hand", "max_connections"):
+        for name in ("max_requests_in_hand", "max_connections", "accept_batch"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be 0 (no cap) or more")
         if self.max_versions < 0:
@@ -267,6 +272,7 @@ class Settings:
             "ALERT_RETRIES",
             "MAX_REQUESTS_IN_HAND",
             "MAX_CONNECTIONS",
+            "ACCEPT_BATCH",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)
