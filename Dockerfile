@@ -39,7 +39,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v1/health/ready', timeout=2).status != 200)"]
 CMD ["uvicorn", "--factory", "server.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
      "--no-access-log", "--loop", "uvloop", "--http", "server.protocol:DeadlineHttpToolsProtocol", \
-     "--timeout-graceful-shutdown", "15"]
+     "--backlog", "32", "--timeout-graceful-shutdown", "15"]
 
 FROM ${PYTHON_IMAGE} AS train
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \

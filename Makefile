@@ -18,7 +18,7 @@ DEV_API_KEY ?= dev-key-change-me
 STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
-	bench-overhead bench-latency bench-routes bench-peers replay soak overload clean
+	bench-overhead bench-latency bench-routes bench-peers replay soak overload storm wrk clean
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -39,11 +39,12 @@ serve: $(SERVE_VENV)/.installed
 		$(if $(FRAUD_STATE_URL),,FRAUD_STATE_SNAPSHOT=$${FRAUD_STATE_SNAPSHOT:-$(STATE_SNAPSHOT)}) \
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
-		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol
+		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
+		--backlog 32
 
 # The serving venv is built too: the end-to-end tests run uvicorn from it, which
 # proves the shipped model serves without TensorFlow installed.
-test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser redis
+test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser redis wrk
 	$(VENV)/bin/python -m pytest
 	$(MAKE) --no-print-directory lint
 
@@ -52,6 +53,12 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+# Debian's wrk, for the connection-storm test and the benchmarks.
+wrk:
+	@command -v wrk >/dev/null || \
+		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
 
 # Debian's Redis, for the account store tests (they start their own server on a free port).
 redis:
@@ -146,6 +153,12 @@ soak: $(VENV)/.installed $(SERVE_VENV)/.installed
 # Three times capacity for 20 s, open loop, then recovery (make test runs the same).
 overload: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.overload --overload-s 20 --out benchmarks/results/overload.json
+
+# 256, 1,024 and 4,096 connections at once against one worker, with wrk, a per-connection closed
+# loop and the open-loop generator; recovery after each (make test runs a short one at 1,024).
+# Figures in benchmarks/results/storm.json.
+storm: $(VENV)/.installed $(SERVE_VENV)/.installed wrk
+	$(VENV)/bin/python -m benchmarks.storm --out benchmarks/results/storm.json
 
 # The named route /v1/models/creditcard/score against /v1/score on one server serving both
 # shipped models, wrk alternating between them. Figures in benchmarks/results/routes.json.

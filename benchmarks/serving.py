@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 # The flags `make serve` and the Dockerfile use: every comparison runs on the same stack.
-UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop")
+UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop", "--backlog", "32")
 SERVER_FACTORY = "server.app:create_app"
 # The server runs with its own protocol class (a deadline per request against slow clients),
 # as `make serve` and the image run it; the baselines run uvicorn's own.
@@ -95,6 +95,7 @@ def uvicorn_server(
     workers: int = 1,
     timeout_s: float = 60.0,
     cwd: Path = ROOT,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """`factory` is "module:function"; FRAUD_* variables come only from `env`. `cwd` (with
     PYTHONPATH in `env`) serves another checkout's code."""
@@ -115,6 +116,7 @@ def uvicorn_server(
         *UVICORN_FLAGS,
         "--http",
         http_protocol(factory),
+        *extra_args,
     ]
     with tempfile.NamedTemporaryFile(prefix="uvicorn-", suffix=".log") as log:
         process = subprocess.Popen(
