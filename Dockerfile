@@ -33,10 +33,16 @@ COPY models/ models/
 RUN python3 -m compileall -q server features
 USER 10001
 EXPOSE 8000
-# The standard library only: the image has no curl. (On Kubernetes the probes in
-# deploy/ take over; a runtime on another port, as under KServe, ignores this.)
+# The standard library only: the image has no curl. Over HTTPS when UVICORN_SSL_CERTFILE
+# switches TLS on (below), with no check of the certificate: it asks its own process on
+# loopback, a name the certificate need not hold. (On Kubernetes the probes in deploy/ take
+# over; a runtime on another port, as under KServe, ignores this.)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v1/health/ready', timeout=2).status != 200)"]
+    CMD ["python3", "-c", "import os,ssl,sys,urllib.request as r; s='s' if os.environ.get('UVICORN_SSL_CERTFILE') else ''; c=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname=False; c.verify_mode=ssl.CERT_NONE; sys.exit(r.urlopen(f'http{s}://127.0.0.1:8000/v1/health/ready', timeout=2, context=c).status != 200)"]
+# Plain HTTP unless TLS is switched on: mount the certificate and key at /etc/fraud/tls (as
+# tls.crt and tls.key, the names a Kubernetes TLS Secret mounts) and set
+# UVICORN_SSL_CERTFILE=/etc/fraud/tls/tls.crt and UVICORN_SSL_KEYFILE=/etc/fraud/tls/tls.key.
+# uvicorn reads each of its flags from a UVICORN_ variable (docs/deploy.md#tls).
 CMD ["uvicorn", "--factory", "server.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
      "--no-access-log", "--loop", "uvloop", "--http", "server.protocol:DeadlineHttpToolsProtocol", \
      "--backlog", "32", "--timeout-graceful-shutdown", "15"]

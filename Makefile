@@ -18,7 +18,8 @@ DEV_API_KEY ?= dev-key-change-me
 STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
-	bench-overhead bench-latency bench-routes bench-peers replay soak overload storm wrk clean
+	bench-overhead bench-latency bench-routes bench-peers replay soak overload storm wrk clean \
+	serve-tls openssl
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -42,9 +43,30 @@ serve: $(SERVE_VENV)/.installed
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
 		--backlog 32
 
+# `make serve` over HTTPS: TLS_CERT=path TLS_KEY=path serve that certificate (an encrypted key's
+# password goes in UVICORN_SSL_KEYFILE_PASSWORD in the environment, which uvicorn reads: a flag
+# would show in ps). Without them, a throw-away development authority, a certificate for
+# localhost and 127.0.0.1 and a client certificate are made once in TLS_DIR. TLS_CA=path also
+# requires every client to present a certificate signed by that authority.
+TLS_DIR ?= runs/tls
+TLS_SERVER_CERT = $(or $(TLS_CERT),$(TLS_DIR)/tls.crt)
+TLS_SERVER_KEY = $(or $(TLS_KEY),$(TLS_DIR)/tls.key)
+serve-tls: $(SERVE_VENV)/.installed $(if $(TLS_CERT),,openssl)
+	$(if $(TLS_CERT),$(if $(TLS_KEY),,$(error TLS_CERT needs TLS_KEY=<key file>)),$(if $(TLS_KEY),$(error TLS_KEY needs TLS_CERT=<certificate file>)))
+	$(if $(TLS_CERT),,$(PYTHON) -m deploy.devcerts --out $(TLS_DIR))
+	@echo "Development API key: $(DEV_API_KEY)"
+	@echo "Try: curl -s --cacert $(if $(TLS_CERT),<the authority that signed $(TLS_CERT)>,$(TLS_DIR)/ca.crt)$(if $(TLS_CA), --cert $(if $(filter $(TLS_DIR)/ca.crt,$(TLS_CA)),$(TLS_DIR)/client.crt --key $(TLS_DIR)/client.key,<client.crt> --key <client.key>)) -X POST https://$(HOST):$(PORT)/v1/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/transaction.json"
+	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_DEFAULT_MODEL=$(DEFAULT_MODEL) \
+		$(if $(FRAUD_STATE_URL),,FRAUD_STATE_SNAPSHOT=$${FRAUD_STATE_SNAPSHOT:-$(STATE_SNAPSHOT)}) \
+		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
+		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
+		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
+		--backlog 32 \
+		--ssl-keyfile $(TLS_SERVER_KEY) --ssl-certfile $(TLS_SERVER_CERT) $(if $(TLS_CA),--ssl-ca-certs $(TLS_CA) --ssl-cert-reqs 2)
+
 # The serving venv is built too: the end-to-end tests run uvicorn from it, which
 # proves the shipped model serves without TensorFlow installed.
-test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser redis wrk
+test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser redis wrk openssl
 	$(VENV)/bin/python -m pytest
 	$(MAKE) --no-print-directory lint
 
@@ -59,6 +81,12 @@ wrk:
 	@command -v wrk >/dev/null || \
 		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+
+# Debian's openssl command line: it makes the certificates of `make serve-tls` and of the TLS test.
+openssl:
+	@command -v openssl >/dev/null || \
+		(DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl)
 
 # Debian's Redis, for the account store tests (they start their own server on a free port).
 redis:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -70,8 +71,10 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     python: Path | None = None,
     extra_args: tuple[str, ...] = (),
+    tls: ssl.SSLContext | None = None,
 ) -> LiveServer:
-    """uvicorn on a free loopback port, in the serving-only venv when it exists."""
+    """uvicorn on a free loopback port, in the serving-only venv when it exists. With `tls`
+    (the client's context), it serves HTTPS and readiness is asked through that context."""
     port = free_port()
     interpreter = python or (SERVE_PYTHON if SERVE_PYTHON.exists() else Path(sys.executable))
     env = {key: value for key, value in os.environ.items() if not key.startswith("FRAUD_")}
@@ -108,13 +111,14 @@ def start_server(
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-    base_url = f"http://127.0.0.1:{port}"
+    base_url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()}")
         try:
-            if httpx.get(f"{base_url}/v1/health/ready", timeout=1.0).status_code == 200:
+            ready = httpx.get(f"{base_url}/v1/health/ready", timeout=1.0, verify=tls or True)
+            if ready.status_code == 200:
                 return LiveServer(base_url, process, log)
         except httpx.TransportError:
             pass
