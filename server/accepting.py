@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -66,8 +67,10 @@ class Acceptor:
         transport: asyncio.Transport,
         factory: Callable[[], asyncio.Protocol],
         loop: asyncio.AbstractEventLoop,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """Accept up to `batch` connections waiting on the socket `transport` came through."""
+        """Accept up to `batch` connections waiting on the socket `transport` came through;
+        `tls`: the server's TLS context, which they must be served with too."""
         sock = transport.get_extra_info("socket")
         if sock is None:
             return
@@ -89,7 +92,7 @@ class Acceptor:
             conn.setblocking(False)
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(loop.connect_accepted_socket(factory, conn))
+            task = loop.create_task(loop.connect_accepted_socket(factory, conn, ssl=tls))
             task.add_done_callback(_log_failure)
 
     def close(self) -> None:

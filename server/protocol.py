@@ -98,7 +98,7 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
             # Only while there is room: under overload, uvloop's one accept a turn and the
             # kernel's short queue are what hold new connections back.
             if limits.acceptor is not None and not limits.over_in_hand(2 * len(self.tasks)):
-                limits.acceptor.take_waiting(transport, self._sibling, self.loop)
+                limits.acceptor.take_waiting(transport, self._sibling, self.loop, self.config.ssl)
         self._arm()
 
     def _sibling(self) -> DeadlineHttpToolsProtocol:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -180,6 +181,32 @@ def test_plain_http_to_the_tls_port_gets_no_score(https_server: LiveServer) -> N
             reply += chunk
     assert b"fraud_probability" not in reply
     assert not re.match(rb"HTTP/1\.[01] 2", reply), reply[:200]
+
+
+def test_many_new_https_connections_at_once_are_all_answered(
+    https_server: LiveServer, certs: Certificates, expected: dict[str, Any]
+) -> None:
+    """Each request on a connection of its own, all opened together: every one is a TLS
+    connection, however the server accepts a burst of them."""
+    context = trusting(certs.ours.authority)
+    clients = 32
+    start = threading.Barrier(clients)
+    answers: list[object] = [None] * clients
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            answers[i] = score(https_server.base_url, context)
+        except (OSError, http.client.HTTPException) as exc:
+            answers[i] = repr(exc)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert answers == [expected] * clients
 
 
 @pytest.fixture(scope="module")
