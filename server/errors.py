@@ -52,6 +52,16 @@ class InvalidApiKey(ServingError):
         super().__init__(message)
 
 
+class ClientNotAllowed(ServingError):
+    """The client's address is outside FRAUD_ALLOWED_CLIENTS (server/allowlist.py)."""
+
+    status_code = 403
+    code = "client_not_allowed"
+
+    def __init__(self, message: str = "this client address is not allowed") -> None:
+        super().__init__(message)
+
+
 class NotFound(ServingError):
     status_code = 404
     code = "not_found"
