@@ -31,7 +31,8 @@ from server.accounts import AccountStore, MemoryStore
 from server.admission import KEY as ADMISSION
 from server.admission import Admission
 from server.alerts import AlertSender
-from server.auth import ApiKeyGuard
+from server.allowlist import AllowlistGate, allowlist_of
+from server.auth import key_guards
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
 from server.collectors import (
     alert_counters,
@@ -181,10 +182,8 @@ def create_app(
     FRAUD_DEFAULT_MODEL or the first one."""
     given = [scorer] if scorer is not None else list(scorers)
     settings = settings if settings is not None else Settings.from_env()
-    keys = settings.resolved_api_keys()
-    admin_keys = settings.resolved_admin_keys()
-    guard = ApiKeyGuard(keys, enabled=not settings.insecure_disable_auth)
-    admin_guard = ApiKeyGuard(admin_keys) if admin_keys else None
+    guard, admin_guard, key_reloader = key_guards(settings)
+    allowlist = allowlist_of(settings.allowed_clients, settings.trusted_proxies)
     state = ServerState()
     alert_config = settings.alert_config()
     alerts = AlertSender(alert_config) if alert_config is not None else None
@@ -196,6 +195,11 @@ def create_app(
         metrics.drift_sources.append(drift_windows(state))
         if alerts is not None:
             metrics.counter_sources.append(alert_counters(alerts))
+        if key_reloader is not None:
+            metrics.counter_sources.append(key_reloader.counters)
+            metrics.gauge_sources.append(key_reloader.gauges)
+        if allowlist is not None:
+            metrics.counter_sources.append(allowlist.counters)
     endpoints = Endpoints(state, guard, metrics)
     limiter = None
     if settings.rate_limit_rps > 0:
@@ -277,6 +281,8 @@ def create_app(
         if settings.poll_interval_s > 0:
             for repository in state.repositories.values():
                 tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
+        if key_reloader is not None:
+            tasks.append(asyncio.create_task(key_reloader.watch(settings.key_poll_s)))
         if metrics is not None:
             tasks.append(asyncio.create_task(metrics.keep_flushing()))
             metrics.drift_of = drift_of(state)
@@ -356,7 +362,7 @@ def create_app(
         context = RequestContext(
             app, metrics, settings.access_log, state.is_draining, state.served_model
         )
-        return ScoringRoutes(
+        scoring = ScoringRoutes(
             context,
             state,
             guard,
@@ -367,6 +373,10 @@ def create_app(
             v2,
             settings.request_deadline_ms,
         )
+        if allowlist is None:
+            return scoring
+        # Outside the scoring routes too: a refused client's request is never read.
+        return AllowlistGate(scoring, allowlist, context.request_id, settings.access_log)
 
     app = ServingApp(
         outermost,

@@ -214,10 +214,10 @@ class ScoringRoutes:
         presented = headers.get(API_KEY)
         key = presented.decode("latin-1") if presented is not None else None
         # Authenticate before reading anything, so strangers learn nothing from validation.
-        self.guard.check(key)
+        client = self.guard.check(key)
         if self.limiter is not None:
-            # Without auth the key is whatever a client sends: one shared bucket then.
-            self.limiter.take(key or "" if self.guard.enabled else "")
+            # By the key's name (without auth, every request has the same one).
+            self.limiter.take(client)
         version = requested_version(scope["query_string"])
         # 404 or 503 before reading a body meant for nobody, or one that would be shed.
         self.state.ready_service(version, model).refuse_early()

@@ -1,7 +1,8 @@
 """One JSON object per log line, on uvicorn's own handlers.
 
 Log calls pass what they want recorded as `extra` fields; a request's id comes
-from a context variable the request middleware sets. Nothing here sees request
+from a context variable the request middleware sets, and its API key's name from one the
+key check sets (the name, never the key). Nothing here sees request
 bodies or headers, so feature values and API keys cannot reach the log unless a
 message puts them there, and none does (tests check).
 """
@@ -16,6 +17,9 @@ from typing import Any
 import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# The name of the request's API key (server/keys.py), once the key is checked; never reset,
+# as the server runs each request in a task of its own, with its own copy of the context.
+key_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("key_name", default=None)
 
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
@@ -33,6 +37,8 @@ class JsonFormatter(logging.Formatter):
         current = request_id.get()
         if current is not None:
             line["request_id"] = current
+        if (name := key_name.get()) is not None:
+            line["key_name"] = name
         for key, value in record.__dict__.items():
             if key not in STANDARD and not key.startswith("_"):
                 line[key] = value

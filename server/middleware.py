@@ -98,19 +98,17 @@ def valid_request_id(value: bytes) -> bool:
 
 
 def log_access(method: str, route: str, status: int, seconds: float, request_id: bytes) -> None:
-    access_logger.info(
-        "%s %s %d",
-        method,
-        route,
-        status,
-        extra={
-            "request_id": request_id.decode("ascii"),
-            "method": method,
-            "route": route,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-        },
-    )
+    extra: dict[str, object] = {
+        "request_id": request_id.decode("ascii"),
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    # The API key's name, when the request got as far as a key check that passed.
+    if (name := logs.key_name.get()) is not None:
+        extra["key_name"] = name
+    access_logger.info("%s %s %d", method, route, status, extra=extra)
 
 
 class RequestContext:

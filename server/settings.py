@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.alerts import AlertConfig
+from server.allowlist import parse_networks
 from server.errors import SettingsError
+from server.keys import KeyTable, parse_entries, read_key_file
 
 PREFIX = "FRAUD_"
 TRUE = {"1", "true", "yes", "on"}
@@ -36,11 +38,21 @@ class Settings:
     # (0: only at start-up and on POST /v2/repository/models/{name}/load).
     poll_interval_s: float = 10.0
     # Accepted X-API-Key values: FRAUD_API_KEYS (comma-separated) plus, if set,
-    # FRAUD_API_KEY_FILE (one key per line, '#' starts a comment).
+    # FRAUD_API_KEY_FILE (one key per line, '#' starts a comment). Each entry is a plain key,
+    # sha256:<hex digest> or name:sha256:<hex digest> (server/keys.py).
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: Path | None = None
-    # Keys for the repository routes (/v2/repository/...); none: those routes are off.
+    # Keys for the repository routes (/v2/repository/...), in the same forms; none: those
+    # routes are off.
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_key_file: Path | None = None
+    # Seconds between looks at the key files for added and removed keys (0: read once).
+    key_poll_s: float = 5.0
+    # Client addresses (CIDRs) allowed to connect; empty: every one. The client is the
+    # connection's peer, or, when the peer is one of the trusted proxies, the right-most
+    # X-Forwarded-For address that is not itself a trusted proxy.
+    allowed_clients: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     # Serve without any key. Off by default: without keys the server will not start.
     insecure_disable_auth: bool = False
     # Override the model's own thresholds (from its metadata). REVIEW <= DECLINE.
@@ -174,6 +186,15 @@ class Settings:
                 f"{PREFIX}SHUTDOWN_DRAIN_S must be at least 0 and below"
                 f" {PREFIX}SHUTDOWN_TIMEOUT_S, at most 3600"
             )
+        if not (self.key_poll_s == 0 or 0.1 <= self.key_poll_s <= 86_400):
+            raise SettingsError(f"{PREFIX}KEY_POLL_S must be 0 (off) or within [0.1, 86400]")
+        parse_networks(self.allowed_clients, f"{PREFIX}ALLOWED_CLIENTS")
+        parse_networks(self.trusted_proxies, f"{PREFIX}TRUSTED_PROXIES")
+        if self.trusted_proxies and not self.allowed_clients:
+            raise SettingsError(
+                f"{PREFIX}TRUSTED_PROXIES only says whom to believe for {PREFIX}ALLOWED_CLIENTS:"
+                " set that too, or unset it"
+            )
         if self.model_name is not None and not is_folder_name(self.model_name):
             raise SettingsError(f"{PREFIX}MODEL_NAME must be a plain folder name")
         for name in self.models:
@@ -231,8 +252,12 @@ class Settings:
         for name in ("API_KEYS", "ADMIN_KEYS"):
             if keys := get(name):
                 values[name.lower()] = tuple(k.strip() for k in keys.split(",") if k.strip())
-        if key_file := get("API_KEY_FILE"):
-            values["api_key_file"] = Path(key_file)
+        for name in ("API_KEY_FILE", "ADMIN_KEY_FILE"):
+            if key_file := get(name):
+                values[name.lower()] = Path(key_file)
+        for name in ("ALLOWED_CLIENTS", "TRUSTED_PROXIES"):
+            if networks := get(name):
+                values[name.lower()] = tuple(n.strip() for n in networks.split(",") if n.strip())
         if urls := get("ALERT_URLS"):
             values["alert_urls"] = tuple(u.strip() for u in urls.split(",") if u.strip())
         for name in (
@@ -286,28 +311,29 @@ class Settings:
             "STATE_SNAPSHOT_INTERVAL_S",
             "STATE_TTL_DAYS",
             "REQUEST_DEADLINE_MS",
+            "KEY_POLL_S",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, float)
         return cls(**values)  # type: ignore[arg-type]
 
-    def resolved_api_keys(self) -> tuple[str, ...]:
-        """All accepted keys; refuses to run open unless auth is explicitly disabled."""
-        keys = list(self.api_keys)
+    def resolved_api_keys(self) -> KeyTable:
+        """All accepted keys, read now (the file too); refuses to run open unless auth is
+        explicitly disabled."""
+        keys = parse_entries(self.api_keys, f"{PREFIX}API_KEYS")
         if self.api_key_file is not None:
-            try:
-                lines = self.api_key_file.read_text(encoding="utf-8-sig").splitlines()
-            except OSError as exc:
-                raise SettingsError(f"cannot read FRAUD_API_KEY_FILE: {exc}") from exc
-            keys += [line.split("#", 1)[0].strip() for line in lines]
-        keys = [k for k in keys if k]
-        check_keys(keys)
-        if not keys and not self.insecure_disable_auth:
+            keys += read_key_file(self.api_key_file, f"{PREFIX}API_KEY_FILE")
+        table = KeyTable.of(keys)
+        if not table and not self.insecure_disable_auth:
             raise SettingsError(
                 "no API key configured: set FRAUD_API_KEYS or FRAUD_API_KEY_FILE"
                 " (or FRAUD_INSECURE_DISABLE_AUTH=true to serve without keys)"
             )
-        return tuple(keys)
+        return table
+
+    @property
+    def admin_routes_on(self) -> bool:
+        return bool(self.admin_keys) or self.admin_key_file is not None
 
     def alert_config(self) -> AlertConfig | None:
         if not self.alert_urls:
@@ -324,19 +350,16 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}ALERT_*: {exc}") from None
 
-    def resolved_admin_keys(self) -> tuple[str, ...]:
-        """Keys for the repository routes; they must differ from every scoring key."""
-        check_keys(self.admin_keys)
-        if set(self.admin_keys) & set(self.resolved_api_keys()):
+    def resolved_admin_keys(self, scoring: KeyTable | None = None) -> KeyTable:
+        """Keys for the repository routes, read now; they must differ from every scoring
+        key (`scoring`, else read again). An admin key file may hold none."""
+        keys = parse_entries(self.admin_keys, f"{PREFIX}ADMIN_KEYS")
+        if self.admin_key_file is not None:
+            keys += read_key_file(self.admin_key_file, f"{PREFIX}ADMIN_KEY_FILE")
+        table = KeyTable.of(keys)
+        if table.shares_a_key_with(scoring if scoring is not None else self.resolved_api_keys()):
             raise SettingsError("an admin key must not also be a scoring key")
-        return self.admin_keys
-
-
-def check_keys(keys: Sequence[str]) -> None:
-    if not all(k.isascii() and k.isprintable() for k in keys):
-        # HTTP header values are bytes without a declared charset; a non-ASCII key
-        # would match or not depending on the client's encoding.
-        raise SettingsError("API keys must be printable ASCII")
+        return table
 
 
 def is_folder_name(name: str) -> bool:

@@ -6,6 +6,7 @@ would answer with 422 is a 400 here.
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter
 
 from starlette.requests import Request
@@ -36,6 +37,9 @@ EXTENSIONS = ["binary_data"]
 PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = b"inference-header-content-length"
 OCTET_STREAM = (b"content-type", b"application/octet-stream")
+
+# One line per admin action, with the admin key's name.
+admin_logger = logging.getLogger("uvicorn.error").getChild("fraud.admin")
 
 
 def v2_error_body(error: ServingError) -> tuple[int, dict[str, str]]:
@@ -147,10 +151,10 @@ class V2Endpoints:
             raise MethodNotAllowed(f"{method} is not allowed on infer", headers={"Allow": "POST"})
         presented = headers.get(API_KEY)
         key = presented.decode("latin-1") if presented is not None else None
-        self.guard.check(key)
+        client = self.guard.check(key)
         if self.limiter is not None:
-            # Without auth the key is whatever a client sends: one shared bucket then.
-            self.limiter.take(key or "" if self.guard.enabled else "")
+            # By the key's name (without auth, every request has the same one).
+            self.limiter.take(client)
         # 404 or 503 before reading a body meant for nobody, or one that would be shed.
         self.state.ready_snapshot(name).get(version).refuse_early()
         body = await read_body(headers.get(b"content-length"), receive, self.max_body_bytes)
@@ -184,7 +188,7 @@ class V2Endpoints:
     async def repository_index(self, request: Request) -> Response:
         """Every version folder the server knows of: READY, or UNAVAILABLE with the reason."""
         try:
-            repositories = self.admin(request)
+            _, repositories = self.admin(request)
         except ServingError as error:
             return v2_error(error)
         return JSONResponse([entry for r in repositories.values() for entry in r.index()])
@@ -192,25 +196,54 @@ class V2Endpoints:
     async def load(self, request: Request) -> Response:
         """Look at the model's folder now: load new or changed versions, retry refused ones."""
         try:
-            repositories = self.admin(request)
-            name = request.path_params["name"]
+            admin, repositories = self.admin(request)
+        except ServingError as error:
+            return v2_error(error)
+        name = request.path_params["name"]
+        model = name if name in repositories else shown(name)
+        status, outcome = 500, "failed unexpectedly"  # unless an answer is made
+        try:
+            response, outcome = await self.load_model(repositories, name)
+            status = response.status_code
+            return response
+        finally:
+            admin_logger.info(
+                "admin key %s: load of model %s: %d %s",
+                admin,
+                model,
+                status,
+                outcome,
+                extra={
+                    "key_name": admin,
+                    "action": "load",
+                    "model": model,
+                    "status": status,
+                    "outcome": outcome,
+                },
+            )
+
+    async def load_model(
+        self, repositories: dict[str, ModelRepository], name: str
+    ) -> tuple[Response, str]:
+        """The answer to a load, and its outcome in a few words for the admin log."""
+        try:
             repository = repositories.get(name)
             if repository is None:
                 raise NotFound(f"unknown model {shown(name)} (serving: {', '.join(repositories)})")
             result = await repository.refresh(force=True)
             snapshot = self.state.ready_snapshot(name)
         except ServingError as error:
-            return v2_error(error)
+            return v2_error(error), error.message
         # A failure only if the newest version on disk is not what serves by default now: an
         # old broken folder left beside a good newer version does not fail every load.
         newest = snapshot.latest.info.version
         blocking = {v: r for v, r in result.refused.items() if int(v) >= int(newest)}
         if blocking:
             reasons = "; ".join(f"version {v}: {r}" for v, r in blocking.items())
-            return v2_error(
-                BadRequest(f"refused {reasons}; serving versions {', '.join(snapshot.services)}")
-            )
-        return JSONResponse(
+            serving = ", ".join(snapshot.services)
+            refusal = BadRequest(f"refused {reasons}; serving versions {serving}")
+            return v2_error(refusal), refusal.message
+        answer = JSONResponse(
             {
                 "name": snapshot.name,
                 "versions": list(snapshot.services),
@@ -218,15 +251,18 @@ class V2Endpoints:
                 "refused": result.refused,
             }
         )
+        loaded = ", ".join(result.loaded) or "none"
+        serving = ", ".join(snapshot.services)
+        return answer, f"loaded versions {loaded}, refused {len(result.refused)}; serving {serving}"
 
-    def admin(self, request: Request) -> dict[str, ModelRepository]:
-        """Every model's repository, for a caller holding an admin key."""
+    def admin(self, request: Request) -> tuple[str, dict[str, ModelRepository]]:
+        """The admin key's name and every model's repository, for a caller holding one."""
         presented = request.headers.get(HEADER)
         if self.admin_guard is None:
             if not presented:
                 raise MissingApiKey()
             raise InvalidApiKey("the repository routes are off: no admin key is configured")
-        self.admin_guard.check(presented)
+        admin = self.admin_guard.check(presented)
         if not self.state.repositories:
             raise NotFound("this server has no model repository")
-        return self.state.repositories
+        return admin, self.state.repositories

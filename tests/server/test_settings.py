@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import SettingsError
+from server.keys import default_name, digest_of
 from server.settings import Settings
 
 
@@ -74,7 +75,8 @@ def test_keys_are_not_in_the_repr() -> None:
 def test_an_admin_key_must_not_score() -> None:
     with pytest.raises(SettingsError, match="admin key"):
         Settings(api_keys=("shared", "other"), admin_keys=("shared",)).resolved_admin_keys()
-    assert Settings(api_keys=("k",), admin_keys=("a",)).resolved_admin_keys() == ("a",)
+    admin = Settings(api_keys=("k",), admin_keys=("a",)).resolved_admin_keys()
+    assert admin.names == {digest_of("a"): default_name(digest_of("a"))}
 
 
 @pytest.mark.parametrize(
