@@ -45,7 +45,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
 # uvicorn reads each of its flags from a UVICORN_ variable (docs/deploy.md#tls).
 CMD ["uvicorn", "--factory", "server.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
      "--no-access-log", "--loop", "uvloop", "--http", "server.protocol:DeadlineHttpToolsProtocol", \
-     "--backlog", "32", "--timeout-graceful-shutdown", "15"]
+     "--backlog", "32", "--no-proxy-headers", "--timeout-graceful-shutdown", "15"]
 
 FROM ${PYTHON_IMAGE} AS train
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \

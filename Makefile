@@ -41,7 +41,7 @@ serve: $(SERVE_VENV)/.installed
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
-		--backlog 32
+		--backlog 32 --no-proxy-headers
 
 # `make serve` over HTTPS: TLS_CERT=path TLS_KEY=path serve that certificate (an encrypted key's
 # password goes in UVICORN_SSL_KEYFILE_PASSWORD in the environment, which uvicorn reads: a flag
@@ -61,7 +61,7 @@ serve-tls: $(SERVE_VENV)/.installed $(if $(TLS_CERT),,openssl)
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
-		--backlog 32 \
+		--backlog 32 --no-proxy-headers \
 		--ssl-keyfile $(TLS_SERVER_KEY) --ssl-certfile $(TLS_SERVER_CERT) $(if $(TLS_CA),--ssl-ca-certs $(TLS_CA) --ssl-cert-reqs 2)
 
 # The serving venv is built too: the end-to-end tests run uvicorn from it, which

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 # The flags `make serve` and the Dockerfile use: every comparison runs on the same stack.
-UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop", "--backlog", "32")
+UVICORN_FLAGS = ("--no-access-log", "--loop", "uvloop", "--backlog", "32", "--no-proxy-headers")
 SERVER_FACTORY = "server.app:create_app"
 # The server runs with its own protocol class (a deadline per request against slow clients),
 # as `make serve` and the image run it; the baselines run uvicorn's own.

@@ -28,7 +28,8 @@ BINARY: Schema = {"application/octet-stream": {"schema": {"type": "string", "for
 V1_ERRORS = {
     400: "invalid_json (not JSON, empty, NaN/Infinity literals, duplicated keys) or bad_request",
     401: "missing_api_key: no X-API-Key header",
-    403: "invalid_api_key: the key is not one of the configured keys",
+    403: "invalid_api_key: the key is not one of the configured keys; client_not_allowed: the "
+    "client's address is outside FRAUD_ALLOWED_CLIENTS",
     413: "payload_too_large: the body is over the configured limit, declared or streamed",
     404: "not_found: the model or the version asked for (?version=) is not served, or (on "
     "the event routes) the model does not score raw events",
@@ -36,8 +37,10 @@ V1_ERRORS = {
     422: "invalid_request: valid JSON that is not a valid request; `field` names the culprit",
     429: "rate_limited: over this key's FRAUD_RATE_LIMIT_RPS (with Retry-After)",
     500: "model_error: the model failed (never caused by input); internal_error otherwise",
-    503: "not_ready (the model is not loaded yet), overloaded (the queue is full) or "
-    "state_unavailable (the account state store cannot be reached)",
+    503: "not_ready (the model is not loaded yet), overloaded (the queue is full, or over the "
+    "worker's cap on requests in hand), deadline_exceeded (the request waited past its "
+    "deadline and was not scored) or state_unavailable (the account state store cannot be "
+    "reached)",
 }
 METRICS_ERRORS = {
     404: "not_found: metrics are off (FRAUD_METRICS=false)",
@@ -46,18 +49,19 @@ V2_ERRORS = {
     400: "a bad request: not JSON, a wrong name, shape or datatype, NaN, infinite or "
     "beyond-float32 values, binary sizes that do not match the shape or the body",
     401: "no X-API-Key header",
-    403: "the API key is not valid",
+    403: "the API key is not valid, or the client is outside FRAUD_ALLOWED_CLIENTS",
     404: "unknown model or version",
     413: "the body is over FRAUD_MAX_BATCH_BODY_BYTES",
     429: "over this key's FRAUD_RATE_LIMIT_RPS (with Retry-After)",
     500: "the model failed",
-    503: "the model is not loaded yet, or the server is shedding load",
+    503: "the model is not loaded yet, the server is shedding load, or the request waited "
+    "past its deadline",
 }
 REPOSITORY_ERRORS = {
     400: "the newest version on disk was refused (the message says why); the versions served "
     "before still are",
     401: "no X-API-Key header",
-    403: "not an admin key (FRAUD_ADMIN_KEYS), or no admin key is configured",
+    403: "not an admin key (FRAUD_ADMIN_KEYS, FRAUD_ADMIN_KEY_FILE), or no admin key is configured",
     404: "unknown model, or the server runs without a repository",
     503: "the model is not loaded yet",
 }

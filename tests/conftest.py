@@ -19,6 +19,19 @@ SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 TEST_API_KEY = "test-key-0123456789"
 
 
+
+@pytest.fixture(autouse=True)
+def fresh_key_name() -> Iterator[None]:
+    """The key name the guard puts in the log context, as a new request's context has it.
+    uvicorn runs each request in a context of its own; a test calling the guard directly
+    runs in the test's, and would hand the name on to the tests after it."""
+    from server import logs
+
+    token = logs.key_name.set(None)
+    yield
+    logs.key_name.reset(token)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,6 +117,10 @@ def start_server(
                 "uvloop",
                 "--http",
                 "server.protocol:DeadlineHttpToolsProtocol",
+                # As `make serve` and the image start it.
+                "--backlog",
+                "32",
+                "--no-proxy-headers",
                 *extra_args,
             ],
             cwd=ROOT,
