@@ -77,13 +77,25 @@ def test_concurrent_requests_are_answered_correctly(
         .ravel()
     )
 
+    shed: list[str] = []
+
     def score(i: int) -> tuple[int, float]:
         with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
             body = {"transaction_id": str(i), "features": [float(v) for v in rows[i]]}
-            answer = client.post("/v1/score", json=body).json()
+            # A 503 (a request that waited past its deadline while the machine was busy)
+            # may be retried, as a caller would; any other answer must be the score.
+            for _ in range(3):
+                response = client.post("/v1/score", json=body)
+                if response.status_code != 503:
+                    break
+                shed.append(response.json()["error"]["code"])
+            assert response.status_code == 200, response.text
+            answer = response.json()
             return int(answer["transaction_id"]), answer["fraud_probability"]
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(score, range(len(rows))))
+    assert set(shed) <= {"deadline_exceeded", "overloaded"}, shed
+    assert len(shed) <= 10, shed  # a rare stall, not a server that sheds at this load
     for i, probability in answers:
         assert abs(probability - float(direct[i])) <= 1e-6
