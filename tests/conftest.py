@@ -19,7 +19,6 @@ SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 TEST_API_KEY = "test-key-0123456789"
 
 
-
 @pytest.fixture(autouse=True)
 def fresh_key_name() -> Iterator[None]:
     """The key name the guard puts in the log context, as a new request's context has it.
