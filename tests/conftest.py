@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -141,6 +142,31 @@ def start_server(
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"server not ready in 30 s: {log.read_text()}")
+
+
+def start_make(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`make <args>` (a serving target) in a process group of its own, so that make and the
+    uvicorn it starts are stopped together (stop_make); no FRAUD_ setting is inherited."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "MAKEFLAGS"))}
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["make", "--no-print-directory", *args],
+            cwd=ROOT,
+            env=clean | (env or {}),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_make(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def stop_server(server: LiveServer) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, start_make, stop_make
 from tests.test_table_end_to_end import FEATURES, make_table
 
 pytestmark = pytest.mark.training
@@ -74,16 +73,10 @@ def test_train_export_and_serve_a_table_with_the_readme_commands(tmp_path: Path)
     assert (model_dir / "model.onnx").is_file()
 
     port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "MAKEFLAGS"))}
-    env["FRAUD_API_KEYS"] = DEV_KEY
-    serving = subprocess.Popen(
-        ["make", "--no-print-directory", "serve", f"PORT={port}", f"MODEL_REPOSITORY={repository}"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # make and uvicorn in one group, stopped together
+    serving = start_make(
+        ["serve", f"PORT={port}", f"MODEL_REPOSITORY={repository}"],
+        tmp_path / "serve.log",
+        {"FRAUD_API_KEYS": DEV_KEY},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -129,9 +122,4 @@ def test_train_export_and_serve_a_table_with_the_readme_commands(tmp_path: Path)
             shipped = max((ROOT / "models" / "creditcard").iterdir(), key=lambda p: int(p.name))
             assert first.status_code == 200 and first.json()["model_version"] == shipped.name
     finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        try:
-            serving.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(serving.pid, signal.SIGKILL)
-        log.close()
+        stop_make(serving)

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -44,7 +43,9 @@ from tests.conftest import (
     TEST_API_KEY,
     LiveServer,
     free_port,
+    start_make,
     start_server,
+    stop_make,
     stop_server,
 )
 from tests.test_deploy import K8S_VERSION
@@ -324,24 +325,16 @@ def test_make_serve_tls_makes_a_development_set_once_and_serves_it(
 ) -> None:
     tls_dir, port = tmp_path / "tls", free_port()
     log_path = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "MAKEFLAGS"))}
-    with log_path.open("wb") as log:
-        serving = subprocess.Popen(
-            [
-                "make",
-                "--no-print-directory",
-                "serve-tls",
-                f"PORT={port}",
-                f"TLS_DIR={tls_dir}",
-                f"DEV_API_KEY={TEST_API_KEY}",
-                f"STATE_SNAPSHOT={tmp_path / 'state.json'}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # make and uvicorn in one group, stopped together
-        )
+    serving = start_make(
+        [
+            "serve-tls",
+            f"PORT={port}",
+            f"TLS_DIR={tls_dir}",
+            f"DEV_API_KEY={TEST_API_KEY}",
+            f"STATE_SNAPSHOT={tmp_path / 'state.json'}",
+        ],
+        log_path,
+    )
     base = f"https://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -356,11 +349,7 @@ def test_make_serve_tls_makes_a_development_set_once_and_serves_it(
         assert answer == expected
         assert f"curl -s --cacert {tls_dir}/ca.crt -X POST {base}/v1/score" in log_path.read_text()
     finally:
-        os.killpg(serving.pid, signal.SIGTERM)
-        try:
-            serving.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(serving.pid, signal.SIGKILL)
+        stop_make(serving)
     made = {path.name: path.stat().st_mtime_ns for path in tls_dir.iterdir()}
     assert set(made) == {f"{n}.{e}" for n in ("ca", "tls", "client") for e in ("crt", "key")}
     # Once: a second start keeps the set (and the authority a client was told to trust).
