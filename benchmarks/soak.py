@@ -8,7 +8,10 @@ Against a real uvicorn serving the shipped model on loopback, with the access lo
 
 Fails (exit 1) on any answer other than the expected one, a request with no answer, memory at
 the end more than `--max-growth` over what it was once warm (after `--warm-s`), a traceback in
-the log, or the log holding an API key or a feature value of any request.
+the log, or the log holding an API key or a feature value of any request. A stall of a shared
+machine can happen at any load: the server then sheds what it cannot answer within its deadline
+(a 503) and the generator gives up on what waited a second for a connection ("abandoned").
+Together they may be up to `--max-shed` of the requests; any more fails.
 
     make soak                                       # 10 minutes
     .venv/bin/python -m benchmarks.soak --duration-s 60
@@ -138,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load", type=float, default=0.7, help="share of capacity")
     parser.add_argument("--warm-s", type=float, default=10.0)
     parser.add_argument("--max-growth", type=float, default=0.10)
+    parser.add_argument("--max-shed", type=float, default=0.01, help="share of requests")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
@@ -166,6 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log = server.log_text()
     rows = results.arrays()
     wanted = np.array(expected)[rows["payload"]]
+    shed = (rows["status"] == 503) & (wanted == 200)
     served = rows["done"] - rows["sent"]
     ok = rows["status"] == 200
     summary: dict[str, Any] = {
@@ -174,7 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration_s,
         "requests": len(rows["status"]),
         "bad_requests": int((wanted != 200).sum()),
-        "unexpected": int((rows["status"] != wanted).sum()),
+        "shed": int(shed.sum()),
+        "unexpected": int(((rows["status"] != wanted) & ~shed).sum()),
         "no_answer": int((rows["status"] == TRANSPORT_ERROR).sum()),
         "abandoned": len(results.abandoned_at),
         "p50_ms": float(np.median(served[ok]) * 1e3),
@@ -183,17 +189,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "generator_lag_p99_ms": float(np.percentile(results.tick_lateness, 99) * 1e3),
     } | growth(sampler.samples, args.warm_s, rate * args.load)
     failures = []
-    if summary["unexpected"] or summary["abandoned"]:
+    if summary["shed"] + summary["abandoned"] > args.max_shed * summary["requests"]:
+        failures.append(
+            f"{summary['shed']} requests shed and {summary['abandoned']} never sent "
+            f"(limit {args.max_shed:.1%} of the requests)"
+        )
+    if summary["unexpected"]:
+        wrong = (rows["status"] != wanted) & ~shed
         statuses = dict(
             zip(
-                *np.unique(rows["status"][rows["status"] != wanted], return_counts=True),
+                *np.unique(rows["status"][wrong], return_counts=True),
                 strict=True,
             )
         )
-        failures.append(
-            f"{summary['unexpected']} unexpected answers {statuses}, "
-            f"{summary['abandoned']} never sent"
-        )
+        failures.append(f"{summary['unexpected']} unexpected answers {statuses}")
     if not summary["growth"] < args.max_growth:
         failures.append(f"memory grew {summary['growth']:.1%} (limit {args.max_growth:.0%})")
     if "Traceback" in log:
