@@ -4,6 +4,8 @@ VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The Open Inference Protocol over gRPC, on HOST too (0: none).
+GRPC_PORT ?= 8001
 MODEL_REPOSITORY ?= models
 # Every model in the repository is served; this one answers /v1/score.
 DEFAULT_MODEL ?= creditcard
@@ -19,7 +21,7 @@ STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
 	bench-overhead bench-latency bench-routes bench-peers replay soak overload storm wrk clean \
-	serve-tls openssl
+	serve-tls openssl proto
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -39,6 +41,7 @@ serve: $(SERVE_VENV)/.installed
 	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_DEFAULT_MODEL=$(DEFAULT_MODEL) \
 		$(if $(FRAUD_STATE_URL),,FRAUD_STATE_SNAPSHOT=$${FRAUD_STATE_SNAPSHOT:-$(STATE_SNAPSHOT)}) \
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
+		FRAUD_GRPC_HOST=$${FRAUD_GRPC_HOST:-$(HOST)} FRAUD_GRPC_PORT=$${FRAUD_GRPC_PORT:-$(GRPC_PORT)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
 		--backlog 32 --no-proxy-headers
@@ -59,6 +62,7 @@ serve-tls: $(SERVE_VENV)/.installed $(if $(TLS_CERT),,openssl)
 	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_DEFAULT_MODEL=$(DEFAULT_MODEL) \
 		$(if $(FRAUD_STATE_URL),,FRAUD_STATE_SNAPSHOT=$${FRAUD_STATE_SNAPSHOT:-$(STATE_SNAPSHOT)}) \
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \
+		FRAUD_GRPC_HOST=$${FRAUD_GRPC_HOST:-$(HOST)} FRAUD_GRPC_PORT=$${FRAUD_GRPC_PORT:-$(GRPC_PORT)} \
 		$(SERVE_VENV)/bin/uvicorn --factory server.app:create_app \
 		--host $(HOST) --port $(PORT) --no-access-log --loop uvloop --http server.protocol:DeadlineHttpToolsProtocol \
 		--backlog 32 --no-proxy-headers \
@@ -69,6 +73,12 @@ serve-tls: $(SERVE_VENV)/.installed $(if $(TLS_CERT),,openssl)
 test: $(VENV)/.installed $(SERVE_VENV)/.installed data browser redis wrk openssl
 	$(VENV)/bin/python -m pytest
 	$(MAKE) --no-print-directory lint
+
+# The gRPC protocol's compiled descriptors, from its .proto (the server loads them; a test
+# checks they are up to date).
+proto: $(VENV)/.installed
+	$(VENV)/bin/python -m grpc_tools.protoc -Iserver/grpcapi \
+		--descriptor_set_out=server/grpcapi/grpc_predict_v2.binpb server/grpcapi/grpc_predict_v2.proto
 
 # Debian's Chromium and its driver, for the browser test of /ui (selenium drives them).
 browser:

@@ -100,7 +100,8 @@ def uvicorn_server(
     """`factory` is "module:function"; FRAUD_* variables come only from `env`. `cwd` (with
     PYTHONPATH in `env`) serves another checkout's code."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
-    clean |= {"PYTHONPATH": str(ROOT)} | env
+    # gRPC on, as shipped, on a free port: servers started side by side must not share 8001.
+    clean |= {"PYTHONPATH": str(ROOT), "FRAUD_GRPC_PORT": str(free_port())} | env
     command = [
         str(python or sys.executable),
         "-m",

@@ -103,6 +103,10 @@ class ClientAllowlist:
             remember(self._proxies, peer, known)
         return known
 
+    def allows_address(self, address: str) -> bool:
+        """For a protocol without proxy headers (gRPC): the peer's address alone."""
+        return self._allows(address)
+
     def _allows(self, address: str) -> bool:
         verdict = self._verdicts.get(address)
         if verdict is None:

@@ -15,7 +15,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -43,12 +43,13 @@ from server.collectors import (
     serving_gauges,
 )
 from server.endpoints import Endpoints, JSONResponse, ServerState
-from server.errors import MethodNotAllowed, NotFound, ServingError, SettingsError
+from server.errors import NotFound, ServingError, SettingsError
 from server.events import EventScoring, takes_events
 from server.hotpath import ScoringRoutes
+from server.http_errors import http_error, serving_error, unexpected_error
 from server.logs import use_json_logs
 from server.metrics import Metrics, MetricsExporter
-from server.middleware import RequestContext, route_path
+from server.middleware import RequestContext
 from server.openapi import openapi_document
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot, resolve_models
@@ -56,49 +57,16 @@ from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
 from server.shutdown import GracefulShutdown
-from server.v2 import V2Endpoints, v2_error
+from server.v2 import V2Endpoints
+
+if TYPE_CHECKING:
+    from server.grpcapi.server import GrpcServer
 
 UI_DIR = Path(__file__).parent / "ui"
 ALERT_FLUSH_S = 5.0  # at shutdown, how long queued alerts may take to go out
 
 # A child of uvicorn's logger, so start-up lines reach uvicorn's handlers and format.
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
-
-
-def error_response(request: Request, error: ServingError) -> Response:
-    """v1's `{"error": {"code", "message"}}`, or the Open Inference Protocol's
-    `{"error": "<message>"}` under /v2, so that v2 clients can read every error."""
-    path = route_path(request.scope)
-    if path == "/v2" or path.startswith("/v2/"):
-        return v2_error(error)
-    return JSONResponse(error.to_body(), status_code=error.status_code, headers=error.headers)
-
-
-async def serving_error(request: Request, exc: Exception) -> Response:
-    # Registered for ServingError: Starlette only hands it those.
-    return error_response(request, cast(ServingError, exc))
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 in our error format."""
-    exc = cast(HTTPException, exc)  # registered for HTTPException
-    error: ServingError
-    if exc.status_code == 405:
-        error = MethodNotAllowed(
-            f"{request.method} is not allowed on {request.url.path}",
-            headers=dict(exc.headers or {}),
-        )
-    elif exc.status_code == 404:
-        error = NotFound(f"no route {request.url.path}")
-    else:
-        error = ServingError(str(exc.detail), headers=dict(exc.headers or {}))
-        error.status_code, error.code = exc.status_code, "http_error"
-    return error_response(request, error)
-
-
-async def unexpected_error(request: Request, exc: Exception) -> Response:
-    # The traceback goes to the log (Starlette re-raises it to the server), never to the client.
-    return error_response(request, ServingError("internal error"))
 
 
 class ServingApp(Starlette):
@@ -214,6 +182,11 @@ def create_app(
         metrics,
         limiter,
     )
+    grpc_server: GrpcServer | None = None
+    if settings.grpc_port:
+        from server.grpcapi.server import grpc_server_of  # imported only when gRPC is on
+
+        grpc_server = grpc_server_of(settings, state, v2, guard, metrics, limiter, allowlist)
     events = EventScoring(make_store(settings), settings.max_batch_items)
     events.able = lambda: [
         name for name, snapshot in state.snapshots.items() if takes_events(snapshot.latest)
@@ -288,8 +261,16 @@ def create_app(
             metrics.drift_of = drift_of(state)
         if exporter is not None and exporter.file is not None:
             tasks.append(asyncio.create_task(exporter.keep_dumping()))
+        if grpc_server is not None:
+            try:
+                await grpc_server.start()
+            except BaseException:
+                close_runners()
+                raise
         if shutdown.install():
             shutdown.on_drain = state.start_draining
+            if grpc_server is not None:
+                shutdown.on_drain = grpc_server.drain_with(state.start_draining)
         # Everything alive now lives as long as the process. Freezing it keeps the
         # collector's full passes from walking ~10^5 start-up objects, which
         # showed as ~25 ms stalls at p99 under load.
@@ -297,6 +278,8 @@ def create_app(
         gc.freeze()
         # The lifespan state reaches uvicorn's protocol objects: the caps they apply.
         yield {ADMISSION: limits}
+        if grpc_server is not None:
+            await grpc_server.stop()  # in-flight calls finish before the runners close
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -142,8 +142,9 @@ class Metrics:
     """Every tally the server keeps. Touched only on the event loop."""
 
     def __init__(self) -> None:
-        # (route, model, status); model is "" on routes that address no model.
-        self.requests: dict[tuple[str, str, int], int] = {}
+        # (route, model, status); model is "" on routes that address no model. The status
+        # is the HTTP status, or the gRPC code's name on gRPC's routes.
+        self.requests: dict[tuple[str, str, int | str], int] = {}
         # The scoring routes' requests, per (route, model): five times and a status each,
         # counted in bulk. Raw arrays, not tuples: a second's worth of live Python
         # containers would make the garbage collector's passes longer and more frequent.
@@ -183,7 +184,7 @@ class Metrics:
         if unusual:
             self.out_of_distribution[model] = self.out_of_distribution.get(model, 0) + 1
 
-    def count_request(self, route: str, status: int, seconds: float, model: str = "") -> None:
+    def count_request(self, route: str, status: int | str, seconds: float, model: str = "") -> None:
         key = (route, model, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         self._duration(route, model).observe(seconds)
@@ -284,12 +285,14 @@ class Metrics:
         """Everything, as JSON-ready data: what a worker writes and a scrape adds up."""
         self.flush()
         requests: dict[Labels, float] = {
-            (route, model, str(status)): n for (route, model, status), n in self.requests.items()
+            (route, model, str(status), protocol_of(route)): n
+            for (route, model, status), n in self.requests.items()
         }
         counters: dict[str, tuple[str, Labels, dict[Labels, float]]] = {
             "fraud_requests": (
-                "Requests answered; model is empty on routes that address no model.",
-                ("route", "model", "status"),
+                "Requests answered; model is empty on routes that address no model; status is"
+                " the HTTP status, or the gRPC code on gRPC's methods.",
+                ("route", "model", "status", "protocol"),
                 requests,
             ),
             "fraud_decisions": (
@@ -322,8 +325,11 @@ class Metrics:
         histograms: dict[str, tuple[str, Labels, dict[Labels, Any]]] = {
             "fraud_request_duration_seconds": (
                 "Time from the request's arrival to the end of its answer.",
-                ("route", "model"),
-                {key: (h.bounds, h.counts, h.total) for key, h in self.durations.items()},
+                ("route", "model", "protocol"),
+                {
+                    (route, model, protocol_of(route)): (h.bounds, h.counts, h.total)
+                    for (route, model), h in self.durations.items()
+                },
             ),
             "fraud_stage_duration_seconds": (
                 "Time per stage: parse (JSON and validation), queue (waiting for the model),"
@@ -356,6 +362,13 @@ class Metrics:
                 for (model, version), window in drift.items()
             ],
         }
+
+
+def protocol_of(route: str) -> str:
+    """ "grpc" for a gRPC method ("/<package>.<Service>/<Method>"), else "http": no HTTP
+    route template has two segments of which the first holds a dot."""
+    parts = route.split("/")
+    return "grpc" if len(parts) == 3 and not parts[0] and "." in parts[1] else "http"
 
 
 def _encode(families: dict[str, tuple[str, Labels, dict[Labels, Any]]]) -> dict[str, Any]:

@@ -97,7 +97,9 @@ def valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= MAX_REQUEST_ID and not value.translate(None, PRINTABLE)
 
 
-def log_access(method: str, route: str, status: int, seconds: float, request_id: bytes) -> None:
+def log_access(
+    method: str, route: str, status: int | str, seconds: float, request_id: bytes
+) -> None:
     extra: dict[str, object] = {
         "request_id": request_id.decode("ascii"),
         "method": method,
@@ -108,7 +110,7 @@ def log_access(method: str, route: str, status: int, seconds: float, request_id:
     # The API key's name, when the request got as far as a key check that passed.
     if (name := logs.key_name.get()) is not None:
         extra["key_name"] = name
-    access_logger.info("%s %s %d", method, route, status, extra=extra)
+    access_logger.info("%s %s %s", method, route, status, extra=extra)
 
 
 class RequestContext:

@@ -18,7 +18,15 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 INFERENCE_MODES = ("loop", "thread", "inline")
 LOG_FORMATS = ("json", "text")
-BOOLEANS = ("INSECURE_DISABLE_AUTH", "METRICS", "ACCESS_LOG", "ALERT_ON_REVIEW", "ALERT_SLACK")
+BOOLEANS = (
+    "INSECURE_DISABLE_AUTH",
+    "METRICS",
+    "ACCESS_LOG",
+    "ALERT_ON_REVIEW",
+    "ALERT_SLACK",
+    "GRPC_REUSE_PORT",
+)
+GRPC_PORT = 8001  # FRAUD_GRPC_PORT when unset
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,13 @@ class Settings:
     # up to this many more that wait in the kernel's queue (server/accepting.py); 0: only
     # uvloop's one accept per turn of the loop.
     accept_batch: int = 16
+    # The Open Inference Protocol over gRPC (server/grpcapi/), beside HTTP in each worker:
+    # FRAUD_GRPC_PORT, 8001 by default (as Triton), 0 for none. A server composed in code
+    # (create_app(Settings(...))) serves gRPC only when given a port. With several workers
+    # set grpc_reuse_port: each binds the port and the kernel spreads connections over them.
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
+    grpc_reuse_port: bool = False
     # Where micro-batches run: "loop" (on the event loop, at its next turn),
     # "thread" (on a dedicated inference thread), or "inline" (each request alone,
     # at once, no queue: for comparison).
@@ -161,6 +176,8 @@ class Settings:
         for name in ("max_requests_in_hand", "max_connections", "accept_batch"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be 0 (no cap) or more")
+        if not 0 <= self.grpc_port <= 65535:
+            raise SettingsError(f"{PREFIX}GRPC_PORT must be a port number, or 0 for no gRPC")
         if self.max_versions < 0:
             raise SettingsError(f"{PREFIX}MAX_VERSIONS must be 0 (all) or more")
         if not (self.poll_interval_s == 0 or 0.1 <= self.poll_interval_s <= 86_400):
@@ -260,13 +277,7 @@ class Settings:
                 values[name.lower()] = tuple(n.strip() for n in networks.split(",") if n.strip())
         if urls := get("ALERT_URLS"):
             values["alert_urls"] = tuple(u.strip() for u in urls.split(",") if u.strip())
-        for name in (
-            "INSECURE_DISABLE_AUTH",
-            "METRICS",
-            "ACCESS_LOG",
-            "ALERT_ON_REVIEW",
-            "ALERT_SLACK",
-        ):
+        for name in BOOLEANS:
             if (raw := get(name)) is not None:
                 values[name.lower()] = parse_bool(name, raw)
         if state_url := get("STATE_URL"):
@@ -275,6 +286,10 @@ class Settings:
             values["state_snapshot"] = Path(snapshot)
         if metrics_dir := get("METRICS_DIR"):
             values["metrics_dir"] = Path(metrics_dir)
+        if grpc_host := get("GRPC_HOST"):
+            values["grpc_host"] = grpc_host
+        raw_port = get("GRPC_PORT")
+        values["grpc_port"] = parse_number("GRPC_PORT", raw_port, int) if raw_port else GRPC_PORT
         if log_format := get("LOG_FORMAT"):
             values["log_format"] = log_format.lower()
         if mode := get("INFERENCE_MODE"):

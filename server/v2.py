@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -108,25 +109,29 @@ class V2Endpoints:
 
     async def model_metadata(self, request: Request) -> Response:
         try:
-            info = self.model(request).info
-            versions = list(self.state.ready_snapshot(info.name).services)
+            metadata = self.metadata(
+                request.path_params["name"], request.path_params.get("version")
+            )
         except ServingError as error:
             return v2_error(error)
-        return JSONResponse(
-            {
-                "name": info.name,
-                "versions": versions,
-                "platform": PLATFORM,
-                "inputs": [
-                    {
-                        "name": info.input_name,
-                        "datatype": "FP32",
-                        "shape": [-1, len(info.feature_names)],
-                    }
-                ],
-                "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, 1]}],
-            }
-        )
+        return JSONResponse(metadata)
+
+    def metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """A model's metadata in the protocol's shape (both transports), or a ServingError."""
+        info = self.state.ready_snapshot(name).get(version).info
+        return {
+            "name": info.name,
+            "versions": list(self.state.ready_snapshot(info.name).services),
+            "platform": PLATFORM,
+            "inputs": [
+                {
+                    "name": info.input_name,
+                    "datatype": "FP32",
+                    "shape": [-1, len(info.feature_names)],
+                }
+            ],
+            "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, 1]}],
+        }
 
     async def model_ready(self, request: Request) -> Response:
         try:
@@ -188,52 +193,41 @@ class V2Endpoints:
     async def repository_index(self, request: Request) -> Response:
         """Every version folder the server knows of: READY, or UNAVAILABLE with the reason."""
         try:
-            _, repositories = self.admin(request)
+            _, repositories = self.admin(request.headers.get(HEADER))
         except ServingError as error:
             return v2_error(error)
-        return JSONResponse([entry for r in repositories.values() for entry in r.index()])
+        return JSONResponse(index_of(repositories))
 
     async def load(self, request: Request) -> Response:
         """Look at the model's folder now: load new or changed versions, retry refused ones."""
         try:
-            admin, repositories = self.admin(request)
+            admin, repositories = self.admin(request.headers.get(HEADER))
         except ServingError as error:
             return v2_error(error)
         name = request.path_params["name"]
-        model = name if name in repositories else shown(name)
         status, outcome = 500, "failed unexpectedly"  # unless an answer is made
         try:
-            response, outcome = await self.load_model(repositories, name)
+            try:
+                answer, outcome = await self.load_model(repositories, name)
+            except ServingError as error:
+                response, outcome = v2_error(error), error.message
+            else:
+                response = JSONResponse(answer)
             status = response.status_code
             return response
         finally:
-            admin_logger.info(
-                "admin key %s: load of model %s: %d %s",
-                admin,
-                model,
-                status,
-                outcome,
-                extra={
-                    "key_name": admin,
-                    "action": "load",
-                    "model": model,
-                    "status": status,
-                    "outcome": outcome,
-                },
-            )
+            log_admin(admin, "load", name if name in repositories else shown(name), status, outcome)
 
     async def load_model(
         self, repositories: dict[str, ModelRepository], name: str
-    ) -> tuple[Response, str]:
-        """The answer to a load, and its outcome in a few words for the admin log."""
-        try:
-            repository = repositories.get(name)
-            if repository is None:
-                raise NotFound(f"unknown model {shown(name)} (serving: {', '.join(repositories)})")
-            result = await repository.refresh(force=True)
-            snapshot = self.state.ready_snapshot(name)
-        except ServingError as error:
-            return v2_error(error), error.message
+    ) -> tuple[dict[str, Any], str]:
+        """The answer to a load and its outcome in a few words for the admin log, or a
+        ServingError (its message is the outcome)."""
+        repository = repositories.get(name)
+        if repository is None:
+            raise NotFound(f"unknown model {shown(name)} (serving: {', '.join(repositories)})")
+        result = await repository.refresh(force=True)
+        snapshot = self.state.ready_snapshot(name)
         # A failure only if the newest version on disk is not what serves by default now: an
         # old broken folder left beside a good newer version does not fail every load.
         newest = snapshot.latest.info.version
@@ -241,23 +235,19 @@ class V2Endpoints:
         if blocking:
             reasons = "; ".join(f"version {v}: {r}" for v, r in blocking.items())
             serving = ", ".join(snapshot.services)
-            refusal = BadRequest(f"refused {reasons}; serving versions {serving}")
-            return v2_error(refusal), refusal.message
-        answer = JSONResponse(
-            {
-                "name": snapshot.name,
-                "versions": list(snapshot.services),
-                "loaded": result.loaded,
-                "refused": result.refused,
-            }
-        )
+            raise BadRequest(f"refused {reasons}; serving versions {serving}")
+        answer = {
+            "name": snapshot.name,
+            "versions": list(snapshot.services),
+            "loaded": result.loaded,
+            "refused": result.refused,
+        }
         loaded = ", ".join(result.loaded) or "none"
         serving = ", ".join(snapshot.services)
         return answer, f"loaded versions {loaded}, refused {len(result.refused)}; serving {serving}"
 
-    def admin(self, request: Request) -> tuple[str, dict[str, ModelRepository]]:
+    def admin(self, presented: str | None) -> tuple[str, dict[str, ModelRepository]]:
         """The admin key's name and every model's repository, for a caller holding one."""
-        presented = request.headers.get(HEADER)
         if self.admin_guard is None:
             if not presented:
                 raise MissingApiKey()
@@ -266,3 +256,27 @@ class V2Endpoints:
         if not self.state.repositories:
             raise NotFound("this server has no model repository")
         return admin, self.state.repositories
+
+
+def index_of(repositories: dict[str, ModelRepository]) -> list[dict[str, str]]:
+    return [entry for r in repositories.values() for entry in r.index()]
+
+
+def log_admin(admin: str, action: str, model: str, status: int | str, outcome: str) -> None:
+    """One line per admin action, with the admin key's name; `status` is the HTTP status or
+    the gRPC code."""
+    admin_logger.info(
+        "admin key %s: %s of model %s: %s %s",
+        admin,
+        action,
+        model,
+        status,
+        outcome,
+        extra={
+            "key_name": admin,
+            "action": action,
+            "model": model,
+            "status": status,
+            "outcome": outcome,
+        },
+    )

@@ -97,6 +97,8 @@ def start_server(
             "FRAUD_MODEL_NAME": model_dir.parent.name,
             "FRAUD_API_KEYS": TEST_API_KEY,
             "PYTHONPATH": str(ROOT),
+            # No gRPC unless a test asks for it on a port of its own: 8001 may be taken.
+            "FRAUD_GRPC_PORT": "0",
         }
     )
     env.update(extra_env or {})
@@ -148,13 +150,14 @@ def start_make(
     args: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """`make <args>` (a serving target) in a process group of its own, so that make and the
-    uvicorn it starts are stopped together (stop_make); no FRAUD_ setting is inherited."""
+    uvicorn it starts are stopped together (stop_make); no FRAUD_ setting is inherited, and
+    gRPC is off unless `env` gives it a port."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUD_", "MAKEFLAGS"))}
     with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             ["make", "--no-print-directory", *args],
             cwd=ROOT,
-            env=clean | (env or {}),
+            env=clean | {"FRAUD_GRPC_PORT": "0"} | (env or {}),
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,

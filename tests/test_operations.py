@@ -77,7 +77,7 @@ def test_metrics_add_up_over_two_workers(tiny_model_dir: Path, tmp_path: Path) -
     scored = []
     for state in files.values():
         requests = state["counters"]["fraud_requests"]["values"]
-        scored.append(sum(v for k, v in requests if k == ["/v1/score", "tiny", "200"]))
+        scored.append(sum(v for k, v in requests if k == ["/v1/score", "tiny", "200", "http"]))
     assert len(files) == 2 and all(n > 0 for n in scored), scored
 
 

@@ -288,7 +288,8 @@ def test_merge_sums_counters_and_histograms_and_live_gauges_only() -> None:
     second = worker_metrics(4, [0.6, 1.0, 1.0], depth=5).state()
     merged = merge([first, second], [True, True])
     requests = merged["counters"]["fraud_requests"]["values"]
-    assert requests[("/v1/score", "", "200")] == 7 and requests[("/v1/score", "", "422")] == 2
+    assert requests[("/v1/score", "", "200", "http")] == 7
+    assert requests[("/v1/score", "", "422", "http")] == 2
     assert merged["counters"]["fraud_shed"]["values"][()] == 7
     bounds, counts, total = merged["histograms"]["fraud_probability"]["values"][("fake",)]
     assert sum(counts) == 5 and total == pytest.approx(3.3)
@@ -296,7 +297,9 @@ def test_merge_sums_counters_and_histograms_and_live_gauges_only() -> None:
     assert merged["gauges"]["fraud_queue_depth"]["values"][()] == 7
     without_dead = merge([first, second], [True, False])
     assert without_dead["gauges"]["fraud_queue_depth"]["values"][()] == 2
-    assert without_dead["counters"]["fraud_requests"]["values"][("/v1/score", "", "200")] == 7
+    assert (
+        without_dead["counters"]["fraud_requests"]["values"][("/v1/score", "", "200", "http")] == 7
+    )
 
 
 def test_merging_leaves_the_live_tallies_alone() -> None:

@@ -175,6 +175,8 @@ def test_metrics_carry_the_model() -> None:
     }
 
     def get(name: str, **labels: str) -> float:
+        if name == "fraud_requests_total":
+            labels.setdefault("protocol", "http")  # every request here is an HTTP one
         return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
     route = "/v1/models/{name}/score"

@@ -41,6 +41,9 @@ def test_reads_every_variable() -> None:
             "FRAUD_INFERENCE_MODE": "Thread",
             "FRAUD_MAX_BATCH_ITEMS": "50",
             "FRAUD_MAX_BATCH_BODY_BYTES": "4096",
+            "FRAUD_GRPC_PORT": "9001",
+            "FRAUD_GRPC_HOST": "0.0.0.0",
+            "FRAUD_GRPC_REUSE_PORT": "true",
             "OTHER_VARIABLE": "ignored",
         }
     )
@@ -63,7 +66,16 @@ def test_reads_every_variable() -> None:
         inference_mode="thread",
         max_batch_items=50,
         max_batch_body_bytes=4096,
+        grpc_port=9001,
+        grpc_host="0.0.0.0",
+        grpc_reuse_port=True,
     )
+
+
+def test_grpc_is_on_port_8001_from_the_environment_and_off_when_composed_in_code() -> None:
+    assert Settings.from_env({}).grpc_port == 8001
+    assert Settings.from_env({"FRAUD_GRPC_PORT": "0"}).grpc_port == 0
+    assert Settings().grpc_port == 0
 
 
 def test_keys_are_not_in_the_repr() -> None:
@@ -107,6 +119,10 @@ def test_an_admin_key_must_not_score() -> None:
         {"FRAUD_POLL_INTERVAL_S": "soon"},
         {"FRAUD_MODEL_NAME": "../elsewhere"},
         {"FRAUD_MODEL_NAME": ".."},
+        {"FRAUD_GRPC_PORT": "70000"},
+        {"FRAUD_GRPC_PORT": "-1"},
+        {"FRAUD_GRPC_PORT": "grpc"},
+        {"FRAUD_GRPC_REUSE_PORT": "sometimes"},
     ],
 )
 def test_bad_values_are_refused_by_name(environ: dict[str, str]) -> None:
