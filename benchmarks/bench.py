@@ -1,8 +1,9 @@
 """Throughput and latency of POST /v1/score against three baselines, and of raw events, under wrk.
 
-Runs five targets one at a time, each under uvicorn with identical flags on a free loopback port:
+Runs its targets one at a time, each under uvicorn with identical flags on a free loopback port:
 floor (a bare Starlette endpoint, benchmarks/baselines/floor.py), server (server.app), server_v2
 (server.app, the same rows as Open Inference Protocol JSON to /v2/models/<name>/infer),
+server_grpc (server.app, the same rows as gRPC ModelInfer calls, by benchmarks/grpcload.py),
 fastapi_ort (FastAPI + one onnxruntime run per request) and keras_predict (FastAPI + Keras
 model.predict); fastapi_ort_async, the same with an `async def` endpoint, runs only if asked for.
 events and events_redis post raw events to /v1/models/mobile-money/events/score, the account
@@ -48,7 +49,14 @@ from benchmarks import eventload
 from benchmarks.eventload import EventStream
 from benchmarks.redis_server import MISSING as REDIS_MISSING
 from benchmarks.redis_server import redis_server
-from benchmarks.serving import ROOT, model_env, shipped_model_dir, uvicorn_server, wait_ready
+from benchmarks.serving import (
+    ROOT,
+    free_port,
+    model_env,
+    shipped_model_dir,
+    uvicorn_server,
+    wait_ready,
+)
 from benchmarks.summary import compare, fmt, plot, print_summary, shares
 from benchmarks.wrk import WRK_THREADS, WRK_TIMEOUT_S, run_wrk, run_wrk_script
 from server.scorer import session_options
@@ -57,12 +65,15 @@ V1_SCORE = "/v1/score"
 V2_INFER = "/v2/models/{model}/infer"
 V1_NAMED = "/v1/models/{model}/score"
 V1_EVENTS = "/v1/models/{model}/events/score"
+# Not a path: the Open Inference Protocol's ModelInfer over gRPC, by benchmarks/grpcload.py.
+GRPC_INFER = "gRPC ModelInfer"
 SERVER = "server.app:create_app"
 # target: (uvicorn factory, route it is measured on, settings on top of the defaults)
 TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "floor": ("benchmarks.baselines.floor:create_app", V1_SCORE, {}),
     "server": (SERVER, V1_SCORE, {}),
     "server_v2": (SERVER, V2_INFER, {}),
+    "server_grpc": (SERVER, GRPC_INFER, {}),
     # The named route, /v1/models/{name}/score: the same fast path as /v1/score.
     "server_named": (SERVER, V1_NAMED, {}),
     "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE, {}),
@@ -76,7 +87,7 @@ TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "server_access_log": (SERVER, V1_SCORE, {"FRAUD_ACCESS_LOG": "true"}),
     "fastapi_ort_async": ("benchmarks.baselines.fastapi_ort:create_async_app", V1_SCORE, {}),
 }
-DEFAULT_TARGETS = "floor,server,server_v2,fastapi_ort,keras_predict,events,events_redis"
+DEFAULT_TARGETS = "floor,server,server_v2,server_grpc,fastapi_ort,keras_predict,events,events_redis"
 REDIS_TARGETS = ("events_redis",)
 KERAS_RUN = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"), "model.keras")
 DISTINCT_BODIES = 256
@@ -166,8 +177,12 @@ def bench_target(
     if stream is not None:
         settings |= model_env(args.events_model_dir)
     path = route.format(model=settings["FRAUD_MODEL_NAME"])
+    if route == GRPC_INFER:
+        settings["FRAUD_GRPC_PORT"] = str(grpc_port := free_port())
 
-    def load(port: int, c: int, seconds: int) -> dict[str, Any]:
+    def load(port: int, c: int, seconds: float) -> dict[str, Any]:
+        if route == GRPC_INFER:
+            return run_grpc(grpc_port, c, seconds, bodies[route], key, settings)
         if stream is None:
             return run_wrk(port, path, c, seconds, bodies[route], key)
         script_args = stream.wrk_args(key, WRK_THREADS)
@@ -183,11 +198,14 @@ def bench_target(
             if name in REDIS_TARGETS:
                 settings["FRAUD_STATE_URL"] = stack.enter_context(redis_server())
             server = stack.enter_context(uvicorn_server(app, settings, timeout_s=READY_TIMEOUT_S))
-            if stream is None:
+            if route == GRPC_INFER:
+                tried = load(server.port, 1, 0.2)
+                error = None if tried["requests"] and not tried["errors"] else f"gRPC: {tried}"
+            elif stream is None:
                 first = bodies[route].read_text().splitlines()[0]
+                error = check_score(server.port, path, first, key)
             else:
-                first = stream.bodies(1)[0]
-            error = check_score(server.port, path, first, key)
+                error = check_score(server.port, path, stream.bodies(1)[0], key)
             if stream is not None and error is None:
                 error = eventload.prime(server.port, path + "/batch", key, stream)
             for c in [] if error else args.concurrency:
@@ -209,6 +227,20 @@ def bench_target(
         error = "; ".join(rejected)
         print(f"{name}: {error}")
     return runs, error
+
+
+def run_grpc(
+    port: int, c: int, seconds: float, rows: Path, key: str, settings: dict[str, str]
+) -> dict[str, Any]:
+    """benchmarks/grpcload.py in a process of its own, as wrk is one."""
+    command = [sys.executable, "-m", "benchmarks.grpcload", "--port", str(port)]
+    command += ["--model", settings["FRAUD_MODEL_NAME"], "--bodies", str(rows)]
+    command += ["--key", key, "--concurrency", str(c), "--duration", str(seconds)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=seconds + 60)
+    if done.returncode:
+        raise RuntimeError(f"the gRPC load exited with {done.returncode}: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def median_runs(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -294,6 +326,8 @@ def main() -> int:
         for route, lines in bodies.items():
             paths[route] = Path(tmp) / f"bodies-{len(paths)}.jsonl"
             paths[route].write_text("\n".join(lines) + "\n")
+        paths[GRPC_INFER] = Path(tmp) / "rows.npy"
+        np.save(paths[GRPC_INFER], rows.astype(np.float32))
         rounds: dict[str, list[dict[str, Any]]] = {target: [] for target in args.targets}
         for number in range(args.rounds):
             # Every other round in reverse order: the position in a round biases a run

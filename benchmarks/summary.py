@@ -8,6 +8,7 @@ from typing import Any
 # (target, baseline): requests/s ratios, printed and saved (the report's "shares") when both ran
 SHARES = (
     ("server_v2", "server"),
+    ("server_grpc", "server"),
     ("server_named", "server"),
     ("server", "server_no_metrics"),
     ("server_access_log", "server"),
@@ -19,6 +20,8 @@ SHARES = (
 GOALS: dict[str, tuple[bool, dict[int | None, float]]] = {
     "server/floor rps": (True, {32: 0.70, 1: 0.60}),
     "server/floor p99": (False, {1: 2.0}),
+    "server_grpc/server rps": (True, {32: 0.8}),
+    "server_grpc/server p99": (False, {32: 1.5}),
     "server/fastapi_ort rps": (True, {None: 3.0}),
     "server/keras_predict rps": (True, {None: 300.0}),
     "events/server rps": (True, {32: 0.6}),
