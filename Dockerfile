@@ -20,7 +20,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     FRAUD_MODEL_REPOSITORY=/app/models \
-    FRAUD_DEFAULT_MODEL=creditcard
+    FRAUD_DEFAULT_MODEL=creditcard \
+    FRAUD_GRPC_HOST=0.0.0.0
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fraud
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
@@ -32,7 +33,8 @@ COPY models/ models/
 # onnxruntime at every start would slow it on one CPU.
 RUN python3 -m compileall -q server features
 USER 10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (FRAUD_GRPC_PORT, 8001; 0 turns it off).
+EXPOSE 8000 8001
 # The standard library only: the image has no curl. Over HTTPS when UVICORN_SSL_CERTFILE
 # switches TLS on (below), with no check of the certificate: it asks its own process on
 # loopback, a name the certificate need not hold. (On Kubernetes the probes in deploy/ take

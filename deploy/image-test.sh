@@ -146,6 +146,24 @@ import importlib.util, sys
 found = [m for m in ("tensorflow", "keras", "tf2onnx", "onnx", "pytest") if importlib.util.find_spec(m)]
 sys.exit(f"found in the image: {found}" if found else 0)'
 echo "no tensorflow, keras, tf2onnx, onnx or pytest in the image"
+# gRPC from inside the container (its port is not published): the health service and one
+# ModelInfer of the example transaction, on the image's own settings.
+engine exec -e "KEY=$KEY" "$NAME" python3 -c '
+import json, os, sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server.grpcapi.messages import SERVICE, ModelInferRequest, ModelInferResponse
+channel = grpc.insecure_channel("127.0.0.1:8001")
+health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+assert health.status == health_pb2.HealthCheckResponse.SERVING, health
+infer = channel.unary_unary(f"/{SERVICE}/ModelInfer", ModelInferRequest.SerializeToString,
+                            ModelInferResponse.FromString)
+request = ModelInferRequest(model_name="creditcard")
+request.inputs.add(name="features", datatype="FP32", shape=[1, 29]).contents.fp32_contents.extend([0.0] * 29)
+answer = infer(request, metadata=(("x-api-key", os.environ["KEY"]),), timeout=5)
+probability = answer.outputs[0].contents.fp32_contents[0]
+assert 0.0 <= probability <= 1.0, answer
+print("gRPC: SERVING; ModelInfer", round(probability, 6))'
+
 [ "$(engine exec "$NAME" id -u)" != 0 ] || { echo "the container runs as root"; exit 1; }
 echo "runs as uid $(engine exec "$NAME" id -u)"
 

@@ -84,7 +84,10 @@ def test_the_serving_runtime_runs_a_valid_pod_on_the_v2_routes() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     port = container["args"][container["args"].index("--port") + 1]
     assert int(port) == container["ports"][0]["containerPort"] == 8080  # KServe's default
-    Settings.from_env({e["name"]: e["value"] for e in container["env"]})
+    settings = Settings.from_env({e["name"]: e["value"] for e in container["env"]})
+    # KServe takes the port named h2c for gRPC: the server's gRPC port, on every interface.
+    grpc_port = next(p["containerPort"] for p in container["ports"] if p.get("name") == "h2c")
+    assert (settings.grpc_port, settings.grpc_host) == (grpc_port, "0.0.0.0")
 
 
 def server_container() -> dict[str, Any]:
@@ -130,8 +133,15 @@ def test_probes_and_port_match_the_image() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v1/health/live"
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r'"--port", "8000"', dockerfile) and "EXPOSE 8000" in dockerfile
+    assert re.search(r'"--port", "8000"', dockerfile) and "EXPOSE 8000 8001" in dockerfile
     assert container["ports"][0]["containerPort"] == 8000
+    # gRPC on the image's default port, probed by Kubernetes' own gRPC probe.
+    assert "FRAUD_GRPC_HOST=0.0.0.0" in dockerfile
+    grpc_port = Settings.from_env({}).grpc_port
+    assert container["ports"][1] == {"name": "grpc", "containerPort": grpc_port}
+    assert container["startupProbe"]["grpc"]["port"] == grpc_port
+    service = load(DEPLOY / "k8s" / "service.yaml")["spec"]["ports"]
+    assert {"name": "grpc", "targetPort": "grpc"}.items() <= service[1].items()
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     uid = re.search(r"^USER (\d+)$", dockerfile, re.M)
