@@ -4,6 +4,7 @@ Runs its targets one at a time, each under uvicorn with identical flags on a fre
 floor (a bare Starlette endpoint, benchmarks/baselines/floor.py), server (server.app), server_v2
 (server.app, the same rows as Open Inference Protocol JSON to /v2/models/<name>/infer),
 server_grpc (server.app, the same rows as gRPC ModelInfer calls, by benchmarks/grpcload.py),
+grpc_floor (grpc.aio on uvicorn answering ModelInfer with a constant, benchmarks/baselines),
 fastapi_ort (FastAPI + one onnxruntime run per request) and keras_predict (FastAPI + Keras
 model.predict); fastapi_ort_async, the same with an `async def` endpoint, runs only if asked for.
 events and events_redis post raw events to /v1/models/mobile-money/events/score, the account
@@ -74,6 +75,8 @@ TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "server": (SERVER, V1_SCORE, {}),
     "server_v2": (SERVER, V2_INFER, {}),
     "server_grpc": (SERVER, GRPC_INFER, {}),
+    # grpcio's own cost: grpc.aio on uvicorn's loop answering a constant (the gRPC floor).
+    "grpc_floor": ("benchmarks.baselines.grpc_floor:create_app", GRPC_INFER, {}),
     # The named route, /v1/models/{name}/score: the same fast path as /v1/score.
     "server_named": (SERVER, V1_NAMED, {}),
     "fastapi_ort": ("benchmarks.baselines.fastapi_ort:create_app", V1_SCORE, {}),
@@ -87,7 +90,9 @@ TARGETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "server_access_log": (SERVER, V1_SCORE, {"FRAUD_ACCESS_LOG": "true"}),
     "fastapi_ort_async": ("benchmarks.baselines.fastapi_ort:create_async_app", V1_SCORE, {}),
 }
-DEFAULT_TARGETS = "floor,server,server_v2,server_grpc,fastapi_ort,keras_predict,events,events_redis"
+DEFAULT_TARGETS = (
+    "floor,server,server_v2,server_grpc,grpc_floor,fastapi_ort,keras_predict,events,events_redis"
+)
 REDIS_TARGETS = ("events_redis",)
 KERAS_RUN = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"), "model.keras")
 DISTINCT_BODIES = 256

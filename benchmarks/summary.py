@@ -9,6 +9,8 @@ from typing import Any
 SHARES = (
     ("server_v2", "server"),
     ("server_grpc", "server"),
+    ("server_grpc", "grpc_floor"),
+    ("grpc_floor", "server"),
     ("server_named", "server"),
     ("server", "server_no_metrics"),
     ("server_access_log", "server"),
