@@ -377,9 +377,11 @@ def test_the_kubernetes_tls_variant_mounts_what_uvicorn_reads() -> None:
     container["env"] += container_patch["env"]
     container["volumeMounts"] += container_patch["volumeMounts"]
     pod["volumes"] += pod_patch["volumes"]
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    for probe in ("readinessProbe", "livenessProbe"):
         container[probe]["httpGet"] |= container_patch[probe]["httpGet"]
         assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    # The startup probe asks the gRPC health service, which TLS on HTTP leaves alone.
+    assert "startupProbe" not in container_patch and "grpc" in container["startupProbe"]
     kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
     # The variables are uvicorn's own, and name the files of the mounted TLS Secret.
