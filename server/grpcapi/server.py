@@ -11,11 +11,13 @@ without the .proto).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,13 +47,62 @@ Method = Callable[[Any, Metadata], Awaitable[Any]]
 
 
 def peer_address(peer: str) -> str:
-    """The address in grpc's peer string: "ipv4:10.0.0.1:5000" or "ipv6:[::1]:5000"."""
+    """The address in grpc's peer string: "ipv4:10.0.0.1:5000", or "ipv6:%5B::1%5D:5000" (a
+    URI: the brackets come percent-encoded)."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]")
+        return unquote(rest).rpartition(":")[0].strip("[]")
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return ""  # a Unix socket has no address: the allowlist refuses it
+
+
+class AllowlistInterceptor(grpc.aio.ServerInterceptor):
+    """The allowlist for the services the call wrapper does not see (health, reflection):
+    over HTTP a refused client gets 403 on every route, health included; here too."""
+
+    def __init__(self, allowlist: ClientAllowlist) -> None:
+        self.allowlist = allowlist
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(f"/{SERVICE}/"):
+            return handler  # unknown (UNIMPLEMENTED), or the wrapper's to refuse
+        kind = "_".join(
+            "stream" if streaming else "unary"
+            for streaming in (handler.request_streaming, handler.response_streaming)
+        )
+        behaviour = getattr(handler, kind)
+        refuse = self.refuse
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def guarded_stream(request: Any, context: Any) -> Any:
+                await refuse(context)
+                async for answer in behaviour(request, context):
+                    yield answer
+
+            guarded: Callable[[Any, Any], Any] = guarded_stream
+        else:
+
+            async def guarded_call(request: Any, context: Any) -> Any:
+                await refuse(context)
+                return await behaviour(request, context)
+
+            guarded = guarded_call
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if not self.allowlist.allows_address(peer_address(context.peer())):
+            self.allowlist.refused += 1
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, ClientNotAllowed().message)
 
 
 class GrpcServer:
@@ -130,6 +181,12 @@ class GrpcServer:
                     await context.abort(grpc.StatusCode[code], error.message)
                 except grpc.aio.AbortError:
                     raise
+                except asyncio.CancelledError:
+                    # The caller's deadline passed, or it cancelled: no server error.
+                    remaining = context.time_remaining()
+                    gone = remaining is not None and remaining <= 0
+                    code = "DEADLINE_EXCEEDED" if gone else "CANCELLED"
+                    raise
                 except Exception:
                     logger.exception("unexpected error on %s", route)
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -160,7 +217,8 @@ class GrpcServer:
         return min(due, started + remaining) if remaining is not None else due
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=self.options)
+        interceptors = [AllowlistInterceptor(self.allowlist)] if self.allowlist is not None else []
+        server = grpc.aio.server(options=self.options, interceptors=interceptors)
         server.add_registered_method_handlers(SERVICE, self.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
