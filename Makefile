@@ -38,6 +38,7 @@ serve: $(SERVE_VENV)/.installed
 	@echo "Try: curl -s -X POST http://$(HOST):$(PORT)/v1/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/transaction.json"
 	@echo " or: curl -s -X POST http://$(HOST):$(PORT)/v1/models/mobile-money/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/mobile-money-transfer.json"
 	@echo " or: curl -s -X POST http://$(HOST):$(PORT)/v1/models/mobile-money/events/score -H 'Content-Type: application/json' -H 'X-API-Key: $(DEV_API_KEY)' -d @examples/mobile-money-event.json"
+	@echo "gRPC (Open Inference Protocol) on $(HOST):$${FRAUD_GRPC_PORT:-$(GRPC_PORT)}, key in the x-api-key metadata (docs/api.md)"
 	FRAUD_MODEL_REPOSITORY=$(MODEL_REPOSITORY) FRAUD_DEFAULT_MODEL=$(DEFAULT_MODEL) \
 		$(if $(FRAUD_STATE_URL),,FRAUD_STATE_SNAPSHOT=$${FRAUD_STATE_SNAPSHOT:-$(STATE_SNAPSHOT)}) \
 		FRAUD_API_KEYS=$${FRAUD_API_KEYS:-$(DEV_API_KEY)} \

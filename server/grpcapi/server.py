@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from server import deadlines, logs
@@ -131,7 +131,7 @@ class GrpcServer:
         self.access_log = access_log
         self.allowlist = allowlist
         self.new_id = request_id_factory()
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0  # once started: the port bound (the one asked for, or the kernel's)
