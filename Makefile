@@ -21,7 +21,7 @@ STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
 	bench-overhead bench-latency bench-routes bench-peers replay soak overload storm wrk clean \
-	serve-tls openssl proto
+	serve-tls openssl proto bench-reasons
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -213,6 +213,11 @@ bench-routes: $(VENV)/.installed $(SERVE_VENV)/.installed
 bench-peers: $(VENV)/.installed $(SERVE_VENV)/.installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/python -m benchmarks.peers $(PEERS_FLAGS)
+
+# What reason codes cost: a DECLINE's p50 against an APPROVE's at one connection, and a
+# mostly-APPROVE mix with reasons on against off at 32 (benchmarks/results/reasons.json).
+bench-reasons: $(VENV)/.installed $(SERVE_VENV)/.installed wrk
+	$(VENV)/bin/python -m benchmarks.reasons
 
 bench-latency: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m benchmarks.latency

@@ -20,9 +20,10 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -87,6 +88,7 @@ class _Alert:
     model_version: str
     offered_at: float  # seconds since the epoch
     model: str = ""
+    reasons: tuple[tuple[str, float], ...] = ()  # (feature, contribution), largest first
 
 
 def encode_alert(alert: _Alert, slack: bool) -> bytes:
@@ -102,6 +104,12 @@ def encode_alert(alert: _Alert, slack: bool) -> bytes:
                 "model_version": alert.model_version,
                 "time": when,
             }
+            # With reason codes on (FRAUD_REASONS), the features that raised the score.
+            | (
+                {"reasons": [{"feature": f, "contribution": c} for f, c in alert.reasons]}
+                if alert.reasons
+                else {}
+            )
         )
     transaction = "(no id)" if alert.transaction_id is None else _slack_escape(alert.transaction_id)
     text = (
@@ -109,6 +117,10 @@ def encode_alert(alert: _Alert, slack: bool) -> bytes:
         f" (model {_slack_escape(alert.model)} version {_slack_escape(alert.model_version)})"
         f" at {when}"
     )
+    if alert.reasons:
+        text += "; reasons: " + ", ".join(
+            f"{_slack_escape(f)} (+{c:.3f})" for f, c in alert.reasons
+        )
     return orjson.dumps({"text": text})
 
 
@@ -355,8 +367,10 @@ class AlertSender:
         decision: str,
         model_version: str,
         model: str = "",
+        reasons: Sequence[Mapping[str, Any]] | None = None,
     ) -> bool:
         """Queue an alert for every URL if the decision calls for one; never blocks or raises.
+        The reasons go with it as features and contributions (never the values sent).
 
         False when the decision does not alert or any URL's queue dropped it."""
         if decision != DECLINE and not (decision == REVIEW and self._config.on_review):
@@ -372,6 +386,7 @@ class AlertSender:
                 str(model_version),
                 self._clock(),
                 str(model),
+                tuple((str(r["feature"]), float(r["contribution"])) for r in reasons or ()),
             )
         except Exception:  # scoring goes on whatever the caller or the clock hand us
             if not self._warned_bad_offer:

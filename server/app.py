@@ -112,6 +112,7 @@ def make_service(
         alerts,
         settings.drift_window,
         settings.max_batch,
+        settings.reasons,
     )
 
 

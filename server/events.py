@@ -281,9 +281,12 @@ class EventScoring:
         unusual = (
             service.unusual(rows) if len(rows) > 1 else [service.unusual_row(folded[0].features)]
         )
+        reasons = await service.reasons_where(rows, [False] * len(probabilities), probabilities)
         answers = []
-        for event, done, p, odd in zip(events, folded, probabilities, unusual, strict=True):
-            answer = service.result(event.event_id, p, odd, id_field="event_id")
+        for event, done, p, odd, why in zip(
+            events, folded, probabilities, unusual, reasons, strict=True
+        ):
+            answer = service.result(event.event_id, p, odd, id_field="event_id", reasons=why)
             answer["replayed"] = done.replayed
             if wanted:
                 answer["features"] = dict(zip(FEATURES, done.features, strict=True))

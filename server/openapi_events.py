@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from features.events import EVENT_TYPES, FEATURES
 from features.reading import FLOAT_MAX, MAX_ID_CHARS, MAX_TIMESTAMP
-from server.openapi_schemas import BOOLEAN, PROBABILITY, STRING, Schema, array, obj, ref
+from server.openapi_schemas import (
+    BOOLEAN,
+    PROBABILITY,
+    REASONS,
+    STRING,
+    Schema,
+    array,
+    obj,
+    ref,
+)
 from server.service import APPROVE, DECLINE, REVIEW
 
 EVENT_ROUTES = (
@@ -93,6 +102,7 @@ def event_schemas(max_items: int) -> dict[str, Schema]:
         "replayed": BOOLEAN
         | {"description": "The event id was seen before: answered, not counted again."},
         "features": obj({name: {"type": "number"} for name in FEATURES}, closed=True),
+        "reasons": REASONS,
     }
     return {
         "EventRequest": obj(
@@ -106,7 +116,7 @@ def event_schemas(max_items: int) -> dict[str, Schema]:
             ("return_features",),
             closed=True,
         ),
-        "EventResult": obj(result, ("features",)),
+        "EventResult": obj(result, ("features", "reasons")),
         "EventBatchResponse": obj({"results": array(ref("EventResult"), description="In order.")}),
     }
 

@@ -19,6 +19,25 @@ Schema = dict[str, Any]
 STRING: Schema = {"type": "string"}
 BOOLEAN: Schema = {"type": "boolean"}
 PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+# Reason codes (server/reasons.py): on every answer but APPROVE, and on APPROVE when asked.
+REASONS: Schema = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "feature": STRING,
+            "value": {"type": ["number", "null"], "description": "As sent; null if missing."},
+            "contribution": {
+                "type": "number",
+                "description": "How far the fraud probability falls with this feature alone at "
+                "its training mean; the largest first, only those above 0.",
+            },
+        },
+        "required": ["feature", "value", "contribution"],
+    },
+    "description": "At most FRAUD_REASONS features that raised the probability most.",
+}
+EXPLAIN: Schema = BOOLEAN | {"description": "Give the reasons even if the decision is APPROVE."}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Up to this v2 row limit the document states len(data) = n x F exactly: rows_tied_to_data.
 EXACT_ROWS = 16
@@ -97,21 +116,22 @@ def score_schemas(
         "out_of_distribution": BOOLEAN
         | {"description": "A feature is beyond FRAUD_OOD_Z training standard deviations."},
         "unusual_features": array(STRING, description="Those features, in model order."),
+        "reasons": REASONS,
     }
     transactions = array(ref("ScoreRequest"), 1, max_items)
     any_transactions = array(ref("NamedScoreRequest"), 1, max_items)
     return {
         "ScoreRequest": obj(
-            {"transaction_id": transaction_id, "features": features},
-            ("transaction_id",),
+            {"transaction_id": transaction_id, "features": features, "explain": EXPLAIN},
+            ("transaction_id", "explain"),
             closed=True,
         ),
         "NamedScoreRequest": obj(
-            {"transaction_id": transaction_id, "features": any_features},
-            ("transaction_id",),
+            {"transaction_id": transaction_id, "features": any_features, "explain": EXPLAIN},
+            ("transaction_id", "explain"),
             closed=True,
         ),
-        "ScoreResult": obj(result),
+        "ScoreResult": obj(result, ("reasons",)),
         "BatchRequest": obj({"transactions": transactions}, closed=True),
         "NamedBatchRequest": obj({"transactions": any_transactions}, closed=True),
         "BatchResponse": obj({"results": array(ref("ScoreResult"), description="In order.")}),

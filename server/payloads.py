@@ -14,12 +14,13 @@ from server.errors import InvalidJSON, InvalidRequest
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 NUMBER_TYPES = frozenset({float, int})  # not bool: type(True) is bool
 MAX_TRANSACTION_ID = 128
-SCORE_FIELDS = frozenset({"transaction_id", "features"})
+SCORE_FIELDS = frozenset({"transaction_id", "features", "explain"})
 
 
 class ScoreRequest(NamedTuple):  # built per request: a tuple is cheaper than a dataclass
     transaction_id: str | None
     features: list[float]
+    explain: bool = False  # reasons asked for even if the decision is APPROVE
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -189,11 +190,15 @@ def parse_score_request(
             raise InvalidRequest(f"unknown field {shown(key)}", field=where + key[:40])
     if "features" not in payload:
         raise InvalidRequest("features is required", field=where + "features")
+    explain = payload.get("explain", False)
+    if type(explain) is not bool:
+        raise InvalidRequest("explain must be true or false", field=where + "explain")
     return ScoreRequest(
         transaction_id=parse_transaction_id(
             payload.get("transaction_id"), where + "transaction_id"
         ),
         features=parse_features(payload["features"], names, where + "features", missing_allowed),
+        explain=explain,
     )
 
 

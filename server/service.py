@@ -17,6 +17,7 @@ from server.drift import ScoreDrift
 from server.errors import ModelFailure, SettingsError
 from server.metrics import VALIDATED, Metrics
 from server.payloads import batch_items, parse_batch_items, parse_score_request
+from server.reasons import Explainer
 from server.scorer import Scorer
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
@@ -37,6 +38,7 @@ class ScoringService:
         alerts: AlertSender | None = None,
         drift_window: int = 10_000,
         chunk_rows: int = 64,
+        reasons: int = 3,
     ) -> None:
         self.scorer = scorer
         # A large batch is validated this many items per turn of the event loop (the runner
@@ -68,6 +70,12 @@ class ScoringService:
         spread = ood_z * np.asarray(self.info.feature_std, dtype=np.float64)
         self._low, self._high = mean - spread, mean + spread
         self._low_list, self._high_list = self._low.tolist(), self._high.tolist()
+        # Reason codes for every decision but APPROVE (and for APPROVE when asked).
+        self.explainer = (
+            Explainer(self.info.feature_names, self.info.feature_mean, reasons)
+            if reasons > 0
+            else None
+        )
         # Settings override the thresholds chosen on validation at training time.
         self.review_threshold = (
             self.info.review_threshold if review_threshold is None else review_threshold
@@ -98,7 +106,11 @@ class ScoringService:
             stamps[VALIDATED] = perf_counter()
         probabilities = await self.predict_rows(rows)
         unusual = self.unusual_row(request.features)
-        return self.result(request.transaction_id, float(probabilities[0]), unusual)
+        probability = float(probabilities[0])
+        reasons = None
+        if self.explainer is not None and (request.explain or self.decide(probability) != APPROVE):
+            (reasons,) = await self.explain(rows)
+        return self.result(request.transaction_id, probability, unusual, reasons=reasons)
 
     async def score_batch(self, payload: Any, stamps: list[float] | None = None) -> dict[str, Any]:
         items = batch_items(payload, self.max_batch_items)
@@ -115,14 +127,44 @@ class ScoringService:
             stamps[VALIDATED] = perf_counter()
         # Accepted: a reload during the awaits above must not refuse what this version took.
         probabilities = await self.predict_rows(rows, accepted=True)
+        scores = probabilities.tolist()
+        reasons = await self.reasons_where(rows, [r.explain for r in requests], scores)
         return {
             "results": [
-                self.result(r.transaction_id, p, unusual)
-                for r, p, unusual in zip(
-                    requests, probabilities.tolist(), self.unusual(rows), strict=True
+                self.result(r.transaction_id, p, unusual, reasons=why)
+                for r, p, unusual, why in zip(
+                    requests, scores, self.unusual(rows), reasons, strict=True
                 )
             ]
         }
+
+    async def reasons_where(
+        self, rows: np.ndarray, asked: Sequence[bool], scores: Sequence[float]
+    ) -> list[list[dict[str, Any]] | None]:
+        """Per row, its reasons if it gets any (not APPROVE, or asked for), else None: the
+        rows that do are explained in one model run."""
+        out: list[list[dict[str, Any]] | None] = [None] * len(scores)
+        if self.explainer is None:
+            return out
+        chosen = [i for i, p in enumerate(scores) if asked[i] or self.decide(p) != APPROVE]
+        if chosen:
+            found = await self.explain(rows[chosen])
+            for i, why in zip(chosen, found, strict=True):
+                out[i] = why
+        return out
+
+    async def explain(self, rows: np.ndarray) -> list[list[dict[str, Any]]]:
+        """The reasons of scored rows: one more model run, of each row and of it with each
+        feature in turn at its training mean (server/reasons.py). Accepted, like the later
+        chunks of a batch: the request was scored, and is answered whatever the queue holds."""
+        explainer = self.explainer
+        if explainer is None:
+            return [[] for _ in range(len(rows))]
+        occluded = await self.runner.predict(explainer.occluded(rows), True)
+        if not (occluded.min() >= 0.0 and occluded.max() <= 1.0):
+            logger.error("model %s returned values outside [0, 1]", self.info.version)
+            raise ModelFailure("the model returned a value that is not a probability")
+        return explainer.reasons(rows, occluded)
 
     def refuse_early(self) -> None:
         """503 now, before the request's body is read, if the queue is full or the request's
@@ -171,6 +213,7 @@ class ScoringService:
         probability: float,
         unusual: list[str],
         id_field: str = "transaction_id",
+        reasons: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The answer for one scored row, counted and alerted on; `id_field` names the id
         ("event_id" for raw events)."""
@@ -179,9 +222,9 @@ class ScoringService:
             self.metrics.count_decision(self.info.name, decision, bool(unusual))
         if self.alerts is not None and decision != APPROVE:
             self.alerts.offer(
-                transaction_id, probability, decision, self.info.version, self.info.name
+                transaction_id, probability, decision, self.info.version, self.info.name, reasons
             )
-        return {
+        answer: dict[str, Any] = {
             id_field: transaction_id,
             "fraud_probability": probability,
             "decision": decision,
@@ -189,6 +232,9 @@ class ScoringService:
             "out_of_distribution": bool(unusual),
             "unusual_features": unusual,
         }
+        if reasons is not None:
+            answer["reasons"] = reasons
+        return answer
 
     def describe(self) -> dict[str, Any]:
         info = self.info

@@ -110,6 +110,9 @@ class Settings:
     # A feature further than this many training standard deviations from its training
     # mean flags the transaction out of distribution.
     ood_z: float = 6.0
+    # Reason codes: at most this many features, those that raised the probability most, on
+    # every answer but APPROVE (and APPROVE with "explain": true); 0: none (server/reasons.py).
+    reasons: int = 3
     # GET /metrics; off saves the tallies' cost (a few percent of throughput).
     metrics: bool = True
     # With several uvicorn workers: a folder, emptied before start, where each worker
@@ -173,7 +176,7 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}MAX_QUEUE_DELAY_US must be shorter than {PREFIX}REQUEST_DEADLINE_MS"
             )
-        for name in ("max_requests_in_hand", "max_connections", "accept_batch"):
+        for name in ("max_requests_in_hand", "max_connections", "accept_batch", "reasons"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be 0 (no cap) or more")
         if not 0 <= self.grpc_port <= 65535:
@@ -313,6 +316,7 @@ class Settings:
             "MAX_REQUESTS_IN_HAND",
             "MAX_CONNECTIONS",
             "ACCEPT_BATCH",
+            "REASONS",
         ):
             if raw := get(name):
                 values[name.lower()] = parse_number(name, raw, int)

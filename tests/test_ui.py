@@ -103,6 +103,13 @@ def test_a_shipped_fraud_sample_is_declined(
     assert browser.find_element(By.ID, "version").text == "3"
     assert browser.find_element(By.ID, "rtt").text.endswith(" ms")
     assert browser.find_element(By.ID, "error").is_displayed() is False
+    # Why: a bar per reason, the feature that raised the probability most first.
+    reasons = browser.find_elements(By.CSS_SELECTOR, "#reasons .reason")
+    features = json.loads((SHIPPED / "samples.json").read_text())["feature_names"]
+    assert 1 <= len(reasons) <= 3
+    assert all(r.find_element(By.CLASS_NAME, "feature").text in features for r in reasons)
+    shown = [float(r.find_element(By.CLASS_NAME, "contribution").text) for r in reasons]
+    assert shown == sorted(shown, reverse=True) and shown[0] > 0
     # The live panel polls /v1/stats every 2 s and shows the traffic it saw.
     wait.until(lambda d: d.find_element(By.ID, "p99").text not in ("", NO_VALUE))
     assert float(browser.find_element(By.ID, "p99").text) > 0

@@ -93,7 +93,8 @@ $("score-form").addEventListener("submit", async (event) => {
   try {
     const answer = await api(`/v1/models/${encodeURIComponent(model.name)}/score`, {
       method: "POST",
-      body: JSON.stringify({ transaction_id: "ui", features }),
+      // The reasons for every decision, APPROVE too: an analyst wants to see them all.
+      body: JSON.stringify({ transaction_id: "ui", features, explain: true }),
     });
     showResult(answer, performance.now() - started);
     showError("");
@@ -115,6 +116,33 @@ function showResult(answer, ms) {
   $("ood").textContent = answer.out_of_distribution
     ? `yes: ${answer.unusual_features.join(", ")}` : "no";
   $("rtt").textContent = `${ms.toFixed(1)} ms`;
+  showReasons(answer.reasons || [], answer.fraud_probability);
+}
+
+// A bar per reason: how far the probability falls with that feature at its training mean,
+// as a share of the probability itself.
+function showReasons(reasons, probability) {
+  const box = $("reasons");
+  box.replaceChildren();
+  $("reasons-title").hidden = reasons.length === 0;
+  for (const reason of reasons) {
+    const row = document.createElement("div");
+    row.className = "reason";
+    const name = document.createElement("span");
+    name.className = "feature";
+    name.textContent = reason.feature;
+    const bar = document.createElement("span");
+    bar.className = "reason-bar";
+    const fill = document.createElement("span");
+    fill.style.width = `${Math.min(100, (100 * reason.contribution) / Math.max(probability, 1e-9)).toFixed(1)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "contribution";
+    value.textContent = `+${reason.contribution.toFixed(3)}`;
+    value.title = `value ${reason.value === null ? "missing" : reason.value}`;
+    row.append(name, bar, value);
+    box.append(row);
+  }
 }
 
 function sparkline(svg, values) {

@@ -50,6 +50,10 @@ def test_scores_and_decides_by_the_model_thresholds() -> None:
         "model_version": "7",
         "out_of_distribution": False,
         "unusual_features": [],
+        # The fake model's probability is its first feature: the whole reason.
+        "reasons": [
+            {"feature": "amount", "value": pytest.approx(0.7), "contribution": pytest.approx(0.7)}
+        ],
     }
 
 
@@ -75,7 +79,8 @@ def test_plain_features_form_and_named_form_agree() -> None:
         by_name = score(client, {"features": {"distance": 3, "hour": 2, "amount": 0.6}}).json()
     assert plain == by_name
     assert plain["transaction_id"] is None
-    assert scorer.calls[0].tolist() == scorer.calls[1].tolist()
+    # Each REVIEW is scored, then explained in a second run: compare the scoring runs.
+    assert scorer.calls[0].tolist() == scorer.calls[2].tolist()
     assert scorer.calls[0].dtype.name == "float32"
 
 

@@ -71,6 +71,7 @@ def test_named_routes_reach_each_model_with_its_own_features_and_thresholds() ->
             "model_version": "3",
             "out_of_distribution": False,
             "unusual_features": [],
+            "reasons": [{"feature": "amount", "value": 0.5, "contribution": 0.5}],
         }
         # Three features are right for one model and wrong for the other.
         wrong = client.post(

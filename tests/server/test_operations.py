@@ -406,11 +406,14 @@ def test_every_operations_variable_is_read() -> None:
             "FRAUD_ALERT_QUEUE": "50",
             "FRAUD_ALERT_TIMEOUT_S": "0.5",
             "FRAUD_ALERT_RETRIES": "0",
+            "FRAUD_GRPC_PORT": "0",
+            "FRAUD_REASONS": "5",
         }
     )
     assert settings == Settings(
         api_keys=(KEY,),
         ood_z=4.5,
+        reasons=5,
         metrics=False,
         metrics_dir=Path("/run/fraud-metrics"),
         drift_window=5000,
