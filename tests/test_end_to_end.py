@@ -43,14 +43,18 @@ def test_original_plain_form_still_works(live_server: LiveServer, tiny_run: Path
     with live_server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
         answer = client.post("/v1/score", json={"features": [float(v) for v in row]}).json()
     explained = {"reasons"} if answer["decision"] != "APPROVE" else set()
-    assert set(answer) == {
-        "transaction_id",
-        "fraud_probability",
-        "decision",
-        "model_version",
-        "out_of_distribution",
-        "unusual_features",
-    } | explained
+    assert (
+        set(answer)
+        == {
+            "transaction_id",
+            "fraud_probability",
+            "decision",
+            "model_version",
+            "out_of_distribution",
+            "unusual_features",
+        }
+        | explained
+    )
     assert answer["transaction_id"] is None
 
 
