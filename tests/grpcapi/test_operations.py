@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2_grpc
 
 from tests.conftest import TEST_API_KEY, LiveServer, stop_server
-from tests.grpc_support import (
+from tests.grpcapi.support import (
     ADMIN_SECRET,
     HEALTH,
     INFER_ROUTE,
@@ -30,53 +30,19 @@ from tests.grpc_support import (
     OTHER_SECRET,
     REFLECTION,
     SERVICE,
-    SHARED_SETTINGS,
     Served,
     first_watched,
     health_of,
     http_scores,
     infer_input,
     key,
-    make_repository,
     raw_request,
     reflect,
     refusal,
-    sample_rows,
     serve,
     triton_refusal,
     typed_request,
 )
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_repository(tmp_path_factory.mktemp("repo"))
-
-
-@pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    log = tmp_path_factory.mktemp("grpc-server") / "uvicorn.log"
-    served = serve(repository, log, SHARED_SETTINGS)
-    yield served
-    stop_server(served.live)
-
-
-@pytest.fixture(scope="module")
-def client(server: Served) -> Iterator[triton.InferenceServerClient]:
-    c = server.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def stub(server: Served) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
-    with server.channel() as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def rows() -> np.ndarray:
-    return sample_rows()
 
 
 def scrape(live: LiveServer) -> list[Any]:

@@ -2,13 +2,12 @@
 messages and stubs), against a real uvicorn serving gRPC beside HTTP on the shipped model:
 liveness, readiness and metadata, ModelInfer in both tensor encodings against HTTP's scores,
 model versions, keys, bad tensors, methods not served and the message size limit, all on one
-server the module shares. Operations are in test_grpc_operations.py, the allowlist and the
-listening socket in test_grpc_network.py."""
+server the module shares. Operations are in test_operations.py, the allowlist and the
+listening socket in test_network.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -17,58 +16,22 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2_grpc
 
-from tests.conftest import TEST_API_KEY, stop_server
-from tests.grpc_support import (
+from tests.conftest import TEST_API_KEY
+from tests.grpcapi.support import (
     ADMIN_SECRET,
     MAX_ROWS,
     MODEL,
     N_FEATURES,
     OTHER_SECRET,
-    SHARED_SETTINGS,
     Served,
     http_scores,
     infer_input,
     key,
-    make_repository,
     raw_request,
     refusal,
-    sample_rows,
-    serve,
     triton_refusal,
     typed_request,
 )
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_repository(tmp_path_factory.mktemp("repo"))
-
-
-@pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    log = tmp_path_factory.mktemp("grpc-server") / "uvicorn.log"
-    served = serve(repository, log, SHARED_SETTINGS)
-    yield served
-    stop_server(served.live)
-
-
-@pytest.fixture(scope="module")
-def client(server: Served) -> Iterator[triton.InferenceServerClient]:
-    c = server.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def stub(server: Served) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
-    with server.channel() as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def rows() -> np.ndarray:
-    return sample_rows()
-
 
 # Liveness, readiness, metadata
 

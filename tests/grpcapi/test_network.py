@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.conftest import ROOT, SERVE_PYTHON, LiveServer, free_port, start_server, stop_server
-from tests.grpc_support import (
+from tests.grpcapi.support import (
     ADMIN_SECRET,
     INFER_ROUTE,
     KEYS,
