@@ -148,7 +148,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recovery-total-s", type=float, default=8.0)
     parser.add_argument("--recovery-s", type=float, default=2.0)
     parser.add_argument("--p99-factor", type=float, default=5.0)
-    parser.add_argument("--queue-factor", type=float, default=3.0)
+    # A saturated server answers its pool in bursts (a batch at a time) and the shared machine
+    # stalls: one CI run, every answer a 200, had p99 4.3 x the mean. A queue that grew would
+    # give seconds, and the request deadline (100 ms) caps it anyway.
+    parser.add_argument("--queue-factor", type=float, default=5.0)
     parser.add_argument("--normal-tolerance", type=float, default=2.0)
     parser.add_argument("--normal-slack-ms", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
