@@ -37,6 +37,8 @@ MISSING_VALUES_KEY = "missing_values"
 # Present only when the features were computed from raw events by features.events: its
 # DEFINITIONS string, which the server must run itself to score raw events for the model.
 FEATURE_DEFINITIONS_KEY = "feature_definitions"
+# Present when training calibrated the model's probability (training/calibration.py).
+CALIBRATION_KEY = "calibration"
 
 
 def tool_versions(
@@ -77,7 +79,7 @@ def build_metadata(
             "output_name": OUTPUT_NAME,
             "feature_names": dump(list(prep.feature_names)),
             "thresholds": dump(metrics["thresholds"]),
-            "metrics": dump({"validation": metrics["validation"], "test": metrics["test"]}),
+            "metrics": dump({part: card_metrics(metrics[part]) for part in ("validation", "test")}),
             "feature_mean": dump(list(prep.raw_mean)),
             "feature_std": dump(list(prep.raw_std)),
             "created_at": created_at,
@@ -88,7 +90,26 @@ def build_metadata(
         }
         | missing_values_metadata(prep)
         | feature_definitions_metadata(data)
+        | calibration_metadata(metrics)
     )
+
+
+def card_metrics(part: object) -> object:
+    """A period's metrics as the model carries them: the reliability table stays in the model
+    card (metrics.json and its diagram), out of every GET /v1/models answer."""
+    if not isinstance(part, dict) or not isinstance(part.get("calibration"), dict):
+        return part
+    calibration = {k: v for k, v in part["calibration"].items() if k != "reliability"}
+    return {**part, "calibration": calibration}
+
+
+def calibration_metadata(metrics: dict[str, object]) -> dict[str, str]:
+    """`calibration` = {"method": "platt" | "isotonic" | "none"} when the run recorded one (the
+    map itself is in the graph); absent for older runs and packaged models."""
+    calibration = metrics.get("calibration")
+    if not isinstance(calibration, dict):
+        return {}
+    return {CALIBRATION_KEY: json.dumps({"method": calibration["method"]}, sort_keys=True)}
 
 
 def feature_definitions_metadata(data: dict[str, object]) -> dict[str, str]:

@@ -127,6 +127,7 @@ def export_run(
         publish_version,
         utc_now,
     )
+    from export.calibration import fold as fold_calibration
     from export.convert import convert, embed_metadata
     from export.fuse import fuse_members, members_of
     from export.verify import check_graph, check_parity
@@ -149,6 +150,9 @@ def export_run(
     created_at = utc_now()
     # The members run as one network; parity below is checked against the unfused model.
     proto = convert(fuse_members(model, len(prep.feature_names), lstm_layout), prep)
+    # A run from before calibration existed has none: its graph stays as it was.
+    calibration = metrics.get("calibration", {"method": "none"})
+    proto = fold_calibration(proto, calibration)
     # Scored before embedding (metadata does not change the outputs) so that the checks below
     # see the final proto, reference included; nothing is written unless they all pass.
     score_reference = build_score_reference(onnx_scores(proto, test_rows), source="test")
@@ -166,7 +170,7 @@ def export_run(
         version,
     )
     check_graph(proto)
-    report = check_parity(proto, model, prep, test_rows)
+    report = check_parity(proto, model, prep, test_rows, calibration)
     for batch, diff in report.max_abs_diff.items():
         print(
             f"parity batch {batch:>2}: max |keras - onnx| = {diff:.2e} over "

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import sys
 
+from training.calibration import CHOICES as CALIBRATIONS
 from training.config import TrainConfig
 from training.datasets import DataError
 
@@ -71,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--fill-missing", help="fill missing feature cells: median")
     parser.add_argument(
         "--synthetic-seed", type=int, help="the generator's seed (default: the run's --seed)"
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default="auto",
+        help="score -> probability map fitted on validation (default: the better one)",
     )
     parser.add_argument("--out", dest="out_dir", required=True, help="output folder")
     parser.add_argument(

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.calibration import CHOICES as CALIBRATIONS
 from training.table import check_column_choice
 
 DATA_SOURCES = ("synthetic", "creditcard", "table", "events")
@@ -71,6 +72,10 @@ class TrainConfig:
     # REVIEW threshold: the highest one that still catches this share of
     # validation fraud. DECLINE threshold: the best F1 on validation.
     review_recall: float = 0.8
+    # The map from the ensemble's score to a probability, fitted on validation (see
+    # training/calibration.py): "auto" (the better of Platt and isotonic), "platt",
+    # "isotonic" or "none".
+    calibration: str = "auto"
     verbose: int = 2
 
     def __post_init__(self) -> None:
@@ -118,6 +123,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1)")
         if self.wide_units < 0:
             raise ValueError("wide_units must be at least 0")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(
+                f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}"
+            )
         if not 0.0 < self.review_recall <= 1.0:
             raise ValueError("review_recall must be in (0, 1]")
         for name in (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from training.calibration import calibration_figures
+
 DECISIONS = ("review", "decline")
 
 
@@ -60,4 +62,5 @@ def evaluate(
         "at_thresholds": {
             name: at_threshold(labels, scores, thresholds[name]) for name in DECISIONS
         },
+        "calibration": calibration_figures(labels, scores),
     }

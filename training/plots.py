@@ -1,4 +1,5 @@
-"""One PNG: PR and ROC curves (validation and test) and the test score histogram per class."""
+"""One PNG: PR and ROC curves (validation and test), the test score histogram per class, and
+the reliability diagram (validation and test, and the test period before calibration)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from training.calibration import reliability_by_probability
+
+# Log axes; a bin in which no fraud was observed is drawn at this floor.
+RELIABILITY_FLOOR = 1e-5
+
 
 def save_curves(
     path: Path,
     parts: dict[str, tuple[np.ndarray, np.ndarray]],
     thresholds: dict[str, float],
     title: str,
+    uncalibrated: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    fig, (pr_ax, roc_ax, hist_ax) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, (pr_ax, roc_ax, hist_ax, rel_ax) = plt.subplots(1, 4, figsize=(21, 4.8))
     for name, (labels, scores) in parts.items():
         precision, recall, _ = precision_recall_curve(labels, scores)
         pr_ax.plot(recall, precision, label=name)
@@ -40,7 +47,28 @@ def save_curves(
             label=f"{name} {value:.3f}",
         )
     hist_ax.set(xlabel="fraud probability", ylabel="rows (log)", title="Test scores by class")
-    for ax in (pr_ax, roc_ax, hist_ax):
+    curves = dict(parts)
+    if uncalibrated is not None:
+        curves["test, uncalibrated"] = uncalibrated
+    for name, (labels, scores) in curves.items():
+        table = reliability_by_probability(labels, scores)
+        rel_ax.plot(
+            [max(b["predicted"], RELIABILITY_FLOOR) for b in table],
+            [max(b["observed"], RELIABILITY_FLOOR) for b in table],
+            marker="o",
+            markersize=3,
+            linestyle=":" if "uncalibrated" in name else "-",
+            label=name,
+        )
+    rel_ax.plot([RELIABILITY_FLOOR, 1], [RELIABILITY_FLOOR, 1], color="grey", linestyle=":")
+    rel_ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="mean predicted probability",
+        ylabel="observed fraud rate",
+        title="Reliability (bins of probability, 3 per decade)",
+    )
+    for ax in (pr_ax, roc_ax, hist_ax, rel_ax):
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()

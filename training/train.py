@@ -111,6 +111,35 @@ def data_record(config: TrainConfig, data: Dataset, split: Split) -> dict[str, o
     return record
 
 
+def calibrate(
+    config: TrainConfig, split: Split, raw_val: np.ndarray, raw_test: np.ndarray
+) -> tuple[dict[str, object], np.ndarray, np.ndarray]:
+    """The calibration record for metrics.json (export folds its map into the graph), and the
+    calibrated validation and test scores: float32, as the graph computes them, so that the
+    thresholds are values the served probabilities can take."""
+    from training import calibration as cal
+
+    if config.calibration == "none":
+        return {"method": "none"}, raw_val, raw_test
+    spec, measured = cal.choose(
+        raw_val, split.validation.labels, config.calibration, seed=config.seed
+    )
+    record = cal.describe(
+        spec,
+        measured,
+        config.calibration,
+        {
+            "validation": (split.validation.labels, raw_val),
+            "test": (split.test.labels, raw_test),
+        },
+    )
+    return (
+        record,
+        cal.apply(spec, raw_val).astype(np.float32),
+        cal.apply(spec, raw_test).astype(np.float32),
+    )
+
+
 def run(config: TrainConfig) -> dict[str, object]:
     """Train and write the run's files. The data is read, split and fitted first, so that a
     bad table fails in seconds and leaves nothing behind."""
@@ -170,12 +199,14 @@ def run(config: TrainConfig) -> dict[str, object]:
     model = average_members(members, len(data.feature_names))
     model.save(out / MODEL_FILE)
 
-    val_scores = model.predict(x_val, batch_size=4096, verbose=0).ravel()
-    test_scores = model.predict(x_test, batch_size=4096, verbose=0).ravel()
+    raw_val = model.predict(x_val, batch_size=4096, verbose=0).ravel()
+    raw_test = model.predict(x_test, batch_size=4096, verbose=0).ravel()
+    calibration, val_scores, test_scores = calibrate(config, split, raw_val, raw_test)
     thresholds = choose_thresholds(split.validation.labels, val_scores, config.review_recall)
     metrics = {
         "thresholds": thresholds,
         "class_weight": class_weight[1],
+        "calibration": calibration,
         "validation": evaluate(split.validation.labels, val_scores, thresholds),
         "test": evaluate(split.test.labels, test_scores, thresholds),
     }
@@ -187,6 +218,7 @@ def run(config: TrainConfig) -> dict[str, object]:
             "test": (split.test.labels, test_scores),
         },
         thresholds,
+        uncalibrated=None if config.calibration == "none" else (split.test.labels, raw_test),
         title=f"{config.resolved_model_name}: LSTM-CNN, time-ordered split",
     )
     # Raw test rows travel with the run so export can prove parity on them.

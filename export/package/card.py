@@ -23,8 +23,10 @@ from export.artifact import (
     embed_metadata,
     tool_versions,
 )
+from export.calibration import fold as fold_calibration
 from export.cli import pick_samples
 from export.package.signature import PackageError, Signature, default_opset, first_line
+from training import calibration as cal
 from training.datasets import MIN_FRAUDS_PER_PART, Dataset
 from training.evaluation import choose_thresholds, evaluate
 from training.preprocessing import Preprocessing
@@ -154,6 +156,12 @@ def split_by_time(data: Dataset, test_fraction: float) -> Parts:
     return parts
 
 
+def copy_of(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
 def package_tool_versions(signature: Signature) -> dict[str, str]:
     return tool_versions(PACKAGING_TOOLS, producer=signature.producer)
 
@@ -171,12 +179,34 @@ def build_package(
     review_recall: float,
     test_fraction: float,
     created_at: str,
+    calibration: str = "none",
 ) -> Package:
-    """Everything a version folder holds, from the adapted graph and the table."""
+    """Everything a version folder holds, from the adapted graph and the table. With a
+    `calibration` other than "none", the map is fitted on the earlier rows (where the
+    thresholds are chosen) and folded into the graph, as training does."""
     parts = split_by_time(data, test_fraction)
     ordered = np.concatenate([parts.earlier.features, parts.later.features])
     expected = source_scores(source, signature, ordered)
     check_probabilities(expected)
+    record: dict[str, object] = {"method": "none"}
+    if calibration != "none":
+        n = len(parts.earlier)
+        try:
+            spec, measured = cal.choose(expected[:n], parts.earlier.labels, calibration)
+        except cal.CalibrationError as exc:
+            raise PackageError(str(exc)) from None
+        record = cal.describe(
+            spec,
+            measured,
+            calibration,
+            {
+                "validation": (parts.earlier.labels, expected[:n]),
+                "test": (parts.later.labels, expected[n:]),
+            },
+        )
+        adapted = fold_calibration(copy_of(adapted), spec)
+        # The folded graph is proven against the source's scores through the numpy map.
+        expected = cal.apply(spec, expected)
     scores, parity = check_parity(expected, adapted, ordered)
     check_probabilities(scores)
     earlier, later = scores[: len(parts.earlier)], scores[len(parts.earlier) :]
@@ -184,6 +214,7 @@ def build_package(
     metrics: dict[str, object] = {
         "thresholds": thresholds,
         "review_recall": review_recall,
+        "calibration": record,
         "validation": evaluate(parts.earlier.labels, earlier, thresholds),
         "test": evaluate(parts.later.labels, later, thresholds),
     }

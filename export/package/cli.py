@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.calibration import CHOICES as CALIBRATIONS
+
 if TYPE_CHECKING:
     import onnx
 
@@ -57,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--output", help="the probability output, when the model has several candidates"
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default="none",
+        help="fit a probability map on the earlier rows and fold it into the graph "
+        "(default: none; the model's own probabilities are served)",
     )
     return parser.parse_args(argv)
 
@@ -130,6 +139,7 @@ def package(args: argparse.Namespace) -> Path:
         review_recall=args.review_recall,
         test_fraction=args.test_fraction,
         created_at=utc_now(),
+        calibration=args.calibration,
     )
     config = {
         "kind": "packaged",
@@ -142,6 +152,7 @@ def package(args: argparse.Namespace) -> Path:
         "output": signature.probability.output,
         "review_recall": args.review_recall,
         "test_fraction": args.test_fraction,
+        "calibration": args.calibration,
     }
 
     def dump(payload: object) -> str:

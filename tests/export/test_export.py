@@ -58,10 +58,15 @@ def test_metadata_is_the_contract(tiny_model_dir: Path, tiny_run: Path) -> None:
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert json.loads(meta["feature_names"]) == list(prep.feature_names)
     assert json.loads(meta["thresholds"]) == metrics["thresholds"]
-    assert json.loads(meta["metrics"]) == {
-        "validation": metrics["validation"],
-        "test": metrics["test"],
-    }
+    carried = json.loads(meta["metrics"])
+    for part in ("validation", "test"):
+        # Everything but the reliability table, which stays in the model card.
+        full = metrics[part]
+        assert "reliability" in full["calibration"]
+        del full["calibration"]["reliability"]
+        assert carried[part] == full
+    assert set(carried) == {"validation", "test"}
+    assert json.loads(meta["calibration"]) == {"method": metrics["calibration"]["method"]}
     assert json.loads(meta["feature_mean"]) == list(prep.raw_mean)
     assert json.loads(meta["feature_std"]) == list(prep.raw_std)
     assert set(json.loads(meta["tool_versions"])) >= {"tensorflow", "tf2onnx", "onnxruntime"}
@@ -83,13 +88,21 @@ def test_feature_definitions_only_for_features_made_from_events() -> None:
 
 
 def test_artifact_takes_raw_features(tiny_model_dir: Path, tiny_run: Path) -> None:
-    """Same scores as Keras fed by the numpy preprocessing, at every batch size asked for."""
+    """Same scores as Keras fed by the numpy preprocessing, then the run's calibration, at
+    every batch size asked for."""
     import keras
+
+    from training.calibration import apply
 
     rows = np.load(tiny_run / "test_rows.npz")["features"][:200]
     prep = Preprocessing.load(tiny_run / "preprocessing.json")
     model = keras.saving.load_model(tiny_run / "model.keras")
-    expected = model.predict(prep.transform(rows), verbose=0).ravel()
+    raw = model.predict(prep.transform(rows), verbose=0).ravel()
+    calibration = json.loads((tiny_run / "metrics.json").read_text())["calibration"]
+    assert calibration["method"] != "none"
+    expected = apply(calibration, raw)
+    # The map changes the scores: without it folded in, the graph would not match.
+    assert np.max(np.abs(expected - raw)) > 1e-3
     session = ort.InferenceSession(str(tiny_model_dir / MODEL_FILE))
     for batch in (1, 7, 64):
         got = np.concatenate(

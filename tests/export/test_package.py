@@ -265,6 +265,40 @@ def test_thresholds_are_chosen_on_the_earlier_rows(
     assert metrics["validation"]["at_thresholds"]["review"]["recall"] >= 0.9
 
 
+def test_calibration_when_asked_is_fitted_on_the_earlier_rows_and_folded_in(
+    onnx_files: dict[str, Path], table: tuple[pd.DataFrame, Path], tmp_path: Path
+) -> None:
+    from training import calibration
+
+    frame, path = table
+    assert run_cli(onnx_files["xgb"], path, tmp_path, "--calibration", "platt") == 0
+    folder = tmp_path / "packaged" / "1"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    record = metrics["calibration"]
+    assert record["method"] == "platt" and record["chosen_by"] == "asked for"
+    assert set(record["cross_validated"]) == {"platt", "isotonic"}
+    ordered = frame.sort_values("event_time")
+    source = ort.InferenceSession(str(onnx_files["xgb"]))
+    probability = source.run(None, {source.get_inputs()[0].name: features_of(ordered)})[1]
+    raw = np.asarray(probability)[:, 1]
+    served = ort.InferenceSession(str(folder / "model.onnx"))
+    got = served.run(None, {"features": features_of(ordered)})[0].ravel()
+    assert np.max(np.abs(got - calibration.apply(record, raw))) <= 1e-5
+    assert np.max(np.abs(got - raw)) > 1e-3  # the map is in the graph
+    # Fitted on the earlier rows only: refitting there gives the same map.
+    n = metrics["validation"]["rows"]
+    again = calibration.fit_platt(raw[:n], ordered["is_fraud"].to_numpy()[:n])
+    assert again["a"] == pytest.approx(record["a"]) and again["b"] == pytest.approx(record["b"])
+    assert json.loads(
+        {p.key: p.value for p in onnx.load(folder / "model.onnx").metadata_props}["calibration"]
+    ) == {"method": "platt"}
+    # Without --calibration the model's own probabilities are served, as before.
+    assert run_cli(onnx_files["xgb"], path, tmp_path, "--version", "2") == 0
+    plain = ort.InferenceSession(str(tmp_path / "packaged" / "2" / "model.onnx"))
+    same = plain.run(None, {"features": features_of(ordered)})[0].ravel()
+    assert np.max(np.abs(same - raw)) <= 1e-5
+
+
 def test_refuses_a_fixed_batch_dimension(
     logistic: object,
     table: tuple[pd.DataFrame, Path],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import synthetic
+from training import calibration, synthetic
 from training.datasets import time_split
 from training.evaluation import choose_thresholds
 from training.preprocessing import Preprocessing
@@ -34,6 +34,33 @@ def test_run_writes_every_output(tiny_run: Path) -> None:
         )
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["synthetic_rows"] == 6000 and config["model_name"] == "tiny"
+    assert config["calibration"] == "auto"
+
+
+def test_run_calibrates_on_validation_and_records_both_methods(tiny_run: Path) -> None:
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    record = metrics["calibration"]
+    assert record["method"] in calibration.METHODS and record["fitted_on"] == "validation"
+    measured = record["cross_validated"]
+    assert set(measured) == set(calibration.METHODS)
+    # "auto" kept the one with the lower held-out log loss (of those keeping the ranking).
+    assert {"brier", "log_loss", "average_precision"} <= set(measured["platt"])
+    if measured["isotonic"]["average_precision"] >= measured["platt"]["average_precision"]:
+        assert record["method"] == min(measured, key=lambda m: measured[m]["log_loss"])
+    for part in ("validation", "test"):
+        figures = metrics[part]["calibration"]
+        before = record["uncalibrated"][part]
+        assert figures["observed_frauds"] == metrics[part]["frauds"] == before["observed_frauds"]
+        assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["brier"] <= 1.0
+        assert sum(b["rows"] for b in figures["reliability"]) == metrics[part]["rows"]
+    # Fitted on validation, the calibrated validation probabilities add up to its frauds far
+    # closer than the class-weighted network's do.
+    val = metrics["validation"]["calibration"]
+    raw = record["uncalibrated"]["validation"]
+    assert abs(val["predicted_frauds"] - val["observed_frauds"]) < abs(
+        raw["predicted_frauds"] - raw["observed_frauds"]
+    )
+    assert val["brier"] <= raw["brier"]
 
 
 def test_thresholds_come_from_validation_not_test(tiny_run: Path) -> None:
@@ -47,7 +74,8 @@ def test_thresholds_come_from_validation_not_test(tiny_run: Path) -> None:
     metrics = json.loads((tiny_run / "metrics.json").read_text())
 
     def scores(rows: np.ndarray) -> np.ndarray:
-        return model.predict(prep.transform(rows), batch_size=4096, verbose=0).ravel()
+        raw = model.predict(prep.transform(rows), batch_size=4096, verbose=0).ravel()
+        return calibration.apply(metrics["calibration"], raw).astype(np.float32)
 
     on_validation = choose_thresholds(
         split.validation.labels, scores(split.validation.features), config["review_recall"]
