@@ -34,7 +34,7 @@ READY_TIMEOUT_S = 30.0
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=Path("models/creditcard/3"))
+    parser.add_argument("--model-dir", type=Path, default=Path("models/creditcard/4"))
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--max-seconds", type=float, default=60.0)

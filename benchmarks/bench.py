@@ -108,7 +108,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
     parser.add_argument("--concurrency", default="1,8,32,128")
     parser.add_argument("--targets", default=DEFAULT_TARGETS, help=f"of {', '.join(TARGETS)}")
-    parser.add_argument("--model-dir", default="models/creditcard/3")
+    parser.add_argument("--model-dir", default="models/creditcard/4")
     parser.add_argument(
         "--events-model-dir",
         type=Path,

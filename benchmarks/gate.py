@@ -20,7 +20,7 @@ LOCUST = Path(sys.executable).parent / "locust"
 
 def main(argv: list[str]) -> int:
     key = secrets.token_urlsafe(24)
-    env = model_env("models/creditcard/3") | {"FRAUD_API_KEYS": key}
+    env = model_env("models/creditcard/4") | {"FRAUD_API_KEYS": key}
     python = SERVE_PYTHON if SERVE_PYTHON.exists() else None
     with uvicorn_server("server.app:create_app", env, python=python) as server:
         command = [str(LOCUST), "--config", "benchmarks/locust.conf", "--host", server.url, *argv]

@@ -1,7 +1,7 @@
 """What one model graph costs onnxruntime, beside others, in alternating rounds of one run.
 
     python -m benchmarks.graphcost --model v1=git:35a8c4e~1:models/creditcard/1 \\
-        --model v2=git:HEAD:models/creditcard/2 --model shipped=models/creditcard/3
+        --model v2=git:HEAD:models/creditcard/2 --model shipped=models/creditcard/4
 
 Each model is a version folder (or a .onnx file), optionally read from a git revision
 (`git:REV:PATH`), loaded with the server's own session options. Every round times each model

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def bodies_file(folder: Path) -> Path:
     """The shipped credit-card samples as /v1 bodies, one a line, for benchmarks/wrk_post.lua."""
-    rows = json.loads((ROOT / "models/creditcard/3/samples.json").read_text())["rows"]
+    rows = json.loads((ROOT / "models/creditcard/4/samples.json").read_text())["rows"]
     path = folder / "bodies.jsonl"
     lines = [
         json.dumps({"transaction_id": f"b-{i}", "features": r["features"]})

@@ -29,7 +29,7 @@ MIN_REQUESTS = 2000
 # byte limits, whose 413 no schema can state.
 MAX_ROWS = "4"
 
-MOBILE_MONEY = ROOT / "models" / "mobile-money" / "3"
+MOBILE_MONEY = ROOT / "models" / "mobile-money" / "4"
 
 
 @pytest.fixture(scope="module", params=["one model", "two models"])
@@ -46,7 +46,7 @@ def server(
         # routes and every schema shared by both models are fuzzed too.
         repository = folder / "repo"
         shutil.copytree(tiny_model_dir, repository / "tiny" / "1")
-        shutil.copytree(MOBILE_MONEY, repository / "mobile-money" / "3")
+        shutil.copytree(MOBILE_MONEY, repository / "mobile-money" / "4")
         env |= {"FRAUD_MODEL_NAME": "", "FRAUD_DEFAULT_MODEL": "tiny"}
         live = start_server(repository / "tiny" / "1", folder / "uvicorn.log", env)
     yield request.param, live

@@ -22,8 +22,8 @@ from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_se
 from tests.model_edits import make_version
 
 SHIPPED = {
-    "creditcard": ROOT / "models" / "creditcard" / "3",
-    "mobile-money": ROOT / "models" / "mobile-money" / "3",
+    "creditcard": ROOT / "models" / "creditcard" / "4",
+    "mobile-money": ROOT / "models" / "mobile-money" / "4",
 }
 ADMIN_KEY = "admin-key-several-0123"
 SCORE = {"X-API-Key": TEST_API_KEY}
@@ -54,7 +54,7 @@ def both(tmp_path: Path) -> Iterator[tuple[LiveServer, Path]]:
         "FRAUD_ADMIN_KEYS": ADMIN_KEY,
         "FRAUD_POLL_INTERVAL_S": "0",
     }
-    server = start_server(repository / "creditcard" / "3", tmp_path / "uvicorn.log", env)
+    server = start_server(repository / "creditcard" / "4", tmp_path / "uvicorn.log", env)
     yield server, repository
     stop_server(server)
 
@@ -66,8 +66,8 @@ def test_each_model_answers_its_own_scores_on_v1_and_v2(both: tuple[LiveServer, 
         listing = client.get("/v1/models").json()
         assert listing["default_model"] == "creditcard"
         assert {m["name"]: m["default_version"] for m in listing["models"]} == {
-            "creditcard": "3",
-            "mobile-money": "3",
+            "creditcard": "4",
+            "mobile-money": "4",
         }
         for name in SHIPPED:
             names, rows = samples(name)
@@ -154,21 +154,21 @@ def test_a_reload_of_one_model_under_load_leaves_the_other_alone(
     triton_client = triton.InferenceServerClient(server.base_url.removeprefix("http://"))
     with TwoModelLoad(server) as load:
         time.sleep(0.5)
-        make_version(SHIPPED["mobile-money"], repository / "mobile-money", "4")
+        make_version(SHIPPED["mobile-money"], repository / "mobile-money", "5")
         triton_client.load_model("mobile-money", headers={"X-API-Key": ADMIN_KEY})
         deadline = time.monotonic() + 15
-        while not load.seen("mobile-money", "4"):
+        while not load.seen("mobile-money", "5"):
             assert time.monotonic() < deadline, "mobile-money version 4 never answered"
             time.sleep(0.05)
         time.sleep(0.5)
     failed = {k: n for k, n in load.answers.items() if k[1] != 200}
     assert failed == {} and load.errors == []
     versions = {(name, version) for name, _, version in load.answers}
-    assert versions == {("creditcard", "3"), ("mobile-money", "3"), ("mobile-money", "4")}
+    assert versions == {("creditcard", "4"), ("mobile-money", "4"), ("mobile-money", "5")}
     assert sum(n for (name, _, _), n in load.answers.items() if name == "creditcard") > 100
     with server.client(headers=SCORE) as client:
         listing = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     # Only the reloaded model loaded anything.
     assert listing["creditcard"]["loads"] == {"ok": 1, "refused": 0}
     assert listing["mobile-money"]["loads"] == {"ok": 2, "refused": 0}
-    assert [v["version"] for v in listing["mobile-money"]["versions"]] == ["4", "3"]
+    assert [v["version"] for v in listing["mobile-money"]["versions"]] == ["5", "4"]

@@ -11,13 +11,15 @@ import onnx
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from export.artifact import card_metrics
 from features.events import DEFINITIONS, FEATURES
 from server.scorer import OnnxScorer
 from tests.conftest import ROOT
+from training.calibration import calibration_figures
 from training.datasets import time_split
 from training.synthetic import dataset_from_events, generate_events
 
-MODEL_DIR = ROOT / "models" / "mobile-money" / "3"
+MODEL_DIR = ROOT / "models" / "mobile-money" / "4"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def test_the_model_card_says_what_was_trained(scorer: OnnxScorer) -> None:
         1_000_000,
         "mobile-money",
     )
-    assert scorer.info.name == "mobile-money" and scorer.info.version == "3"
+    assert scorer.info.name == "mobile-money" and scorer.info.version == "4"
     assert scorer.info.feature_names == FEATURES
     # Its features came from raw events through the definitions the server runs.
     meta = {p.key: p.value for p in onnx.load(MODEL_DIR / "model.onnx").metadata_props}
@@ -40,7 +42,10 @@ def test_the_model_card_says_what_was_trained(scorer: OnnxScorer) -> None:
     data = json.loads((MODEL_DIR / "data.json").read_text())
     assert data["feature_definitions"] == DEFINITIONS
     card = json.loads((MODEL_DIR / "metrics.json").read_text())
-    assert scorer.info.metrics == {"validation": card["validation"], "test": card["test"]}
+    # The model carries the card's figures but the reliability table.
+    assert scorer.info.metrics == {p: card_metrics(card[p]) for p in ("validation", "test")}
+    assert "reliability" in card["test"]["calibration"]
+    assert "reliability" not in scorer.info.metrics["test"]["calibration"]
 
 
 def test_rescoring_the_test_period_reproduces_the_figures(scorer: OnnxScorer) -> None:
@@ -59,6 +64,17 @@ def test_rescoring_the_test_period_reproduces_the_figures(scorer: OnnxScorer) ->
     assert average_precision_score(test.labels, scores) == pytest.approx(
         expected["average_precision"], abs=1e-3
     )
+    # The served probabilities are calibrated: over the test period they add up to the frauds
+    # there were, within the goal of 15 %, and far closer than before calibration.
+    figures = calibration_figures(test.labels, scores)
+    assert figures["predicted_frauds"] == pytest.approx(
+        expected["calibration"]["predicted_frauds"], rel=1e-4
+    )
+    assert figures["ece"] == pytest.approx(expected["calibration"]["ece"], rel=1e-3, abs=1e-7)
+    observed = int(test.labels.sum())
+    assert abs(figures["predicted_frauds"] - observed) <= 0.15 * observed
+    before = json.loads((MODEL_DIR / "metrics.json").read_text())["calibration"]["uncalibrated"]
+    assert figures["ece"] <= before["test"]["ece"] / 2
     evaluation = json.loads((MODEL_DIR / "evaluation.json").read_text())
     assert evaluation["shipped"]["test"]["roc_auc"] == pytest.approx(expected["roc_auc"])
     # The docs page holds the comparison as make evaluate's compare wrote it.

@@ -50,7 +50,7 @@ from tests.conftest import (
 )
 from tests.test_deploy import K8S_VERSION
 
-SHIPPED = ROOT / "models" / "creditcard" / "3"
+SHIPPED = ROOT / "models" / "creditcard" / "4"
 EXAMPLE = (ROOT / "examples" / "transaction.json").read_bytes()
 
 

@@ -19,8 +19,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 
-SHIPPED = ROOT / "models" / "creditcard" / "3"
-MOBILE = ROOT / "models" / "mobile-money" / "3"
+SHIPPED = ROOT / "models" / "creditcard" / "4"
+MOBILE = ROOT / "models" / "mobile-money" / "4"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -89,7 +89,7 @@ def test_a_shipped_fraud_sample_is_declined(
     connect(browser, shipped_server, TEST_API_KEY)
     wait = WebDriverWait(browser, WAIT_S)
     wait.until(lambda d: d.find_element(By.ID, "sample").is_enabled())
-    assert browser.find_element(By.ID, "model").text == "creditcard version 3"
+    assert browser.find_element(By.ID, "model").text == "creditcard version 4"
     # The form follows the model: one field per feature, in model order.
     names = [
         i.get_attribute("name") for i in browser.find_elements(By.CSS_SELECTOR, "#features input")
@@ -100,7 +100,7 @@ def test_a_shipped_fraud_sample_is_declined(
     wait.until(ready.text_to_be_present_in_element((By.ID, "decision"), "DECLINE"))
     probability = float(browser.find_element(By.ID, "probability").text)
     assert probability >= 0.9
-    assert browser.find_element(By.ID, "version").text == "3"
+    assert browser.find_element(By.ID, "version").text == "4"
     assert browser.find_element(By.ID, "rtt").text.endswith(" ms")
     assert browser.find_element(By.ID, "error").is_displayed() is False
     # Why: a bar per reason, the feature that raised the probability most first.
@@ -130,7 +130,7 @@ def test_the_other_model_can_be_picked_and_scores_with_its_own_features(
     assert [o.text for o in picker.options] == ["creditcard", "mobile-money"]
     assert picker.first_selected_option.text == "creditcard"
     picker.select_by_value("mobile-money")
-    wait.until(ready.text_to_be_present_in_element((By.ID, "model"), "mobile-money version 3"))
+    wait.until(ready.text_to_be_present_in_element((By.ID, "model"), "mobile-money version 4"))
     names = [
         i.get_attribute("name") for i in browser.find_elements(By.CSS_SELECTOR, "#features input")
     ]
@@ -138,7 +138,7 @@ def test_the_other_model_can_be_picked_and_scores_with_its_own_features(
     Select(browser.find_element(By.ID, "sample")).select_by_value(str(index))
     browser.find_element(By.ID, "score").click()
     wait.until(ready.text_to_be_present_in_element((By.ID, "decision"), "DECLINE"))
-    assert browser.find_element(By.ID, "version").text == "3"
+    assert browser.find_element(By.ID, "version").text == "4"
     assert browser.find_element(By.ID, "error").is_displayed() is False
 
 

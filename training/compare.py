@@ -1,6 +1,6 @@
 """The LSTM-CNN side by side with XGBoost and logistic regression on the same time split.
 
-    python -m training.compare --csv data/creditcard.csv --model-dir models/creditcard/3
+    python -m training.compare --csv data/creditcard.csv --model-dir models/creditcard/4
 
 Every model is trained on the same fitted rows for each seed, its thresholds are chosen on
 validation, and it is measured once on the test period. The LSTM-CNN's runs are trained into
@@ -56,6 +56,7 @@ class Result:
             "review_precision": at["review"]["precision"],
             "decline_recall": at["decline"]["recall"],
             "decline_precision": at["decline"]["precision"],
+            **calibration_columns(self.test),
             "latency_us": self.latency_us,
         }
 
@@ -67,8 +68,23 @@ COLUMNS = {
     "review_precision": "REVIEW precision",
     "decline_recall": "DECLINE recall",
     "decline_precision": "DECLINE precision",
+    "predicted_share": "predicted / observed frauds",
+    "ece_e4": "ECE (1e-4)",
     "latency_us": "1-row latency (µs)",
 }
+
+
+def calibration_columns(test: dict[str, object]) -> dict[str, float]:
+    """How far the probabilities are probabilities: their sum over the observed frauds (1 is
+    right), and the expected calibration error in units of 1e-4 (fraud is that rare)."""
+    figures = test.get("calibration")
+    if not isinstance(figures, dict):
+        return {"predicted_share": float("nan"), "ece_e4": float("nan")}
+    observed = max(int(figures["observed_frauds"]), 1)
+    return {
+        "predicted_share": float(figures["predicted_frauds"]) / observed,
+        "ece_e4": float(figures["ece"]) * 1e4,
+    }
 
 
 def measure(
@@ -136,7 +152,11 @@ def spread(values: Sequence[float], digits: int) -> str:
 
 
 def _digits(column: str) -> int:
-    return 1 if column == "latency_us" else 4 if column in ("roc_auc", "average_precision") else 3
+    if column in ("latency_us", "ece_e4"):
+        return 1
+    return (
+        4 if column in ("roc_auc", "average_precision") else 2 if column == "predicted_share" else 3
+    )
 
 
 def summary_table(results: Sequence[Result], shipped: Result | None = None) -> str:
@@ -177,7 +197,10 @@ def report(results: Sequence[Result], shipped: Result | None, test_rows: int, fr
         "frauds). Each model is fitted on the earliest 64 % and its REVIEW and DECLINE "
         "thresholds are chosen on the 16 % between; the cells read mean ± sd (min to max) over "
         "seeds. Latency is the median of single-row calls on one thread: onnxruntime for the "
-        "LSTM-CNN, the library's own predict for the others.\n"
+        "LSTM-CNN, the library's own predict for the others. Predicted / observed frauds is "
+        "the sum of the test probabilities over the frauds there were (1 is right), and ECE the "
+        "expected calibration error over 10 equal-count bins, in units of 1e-4: the LSTM-CNN's "
+        "after its calibration, the others' of their own probabilities.\n"
     )
     return intro + "\n" + summary_table(results, shipped) + "\n" + seed_table(results)
 
@@ -288,14 +311,21 @@ def keras_predict(run_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     converts with parity to 1e-5."""
     import keras
 
+    from training.calibration import apply as apply_calibration
     from training.preprocessing import Preprocessing
-    from training.train import MODEL_FILE, PREPROCESSING_FILE
+    from training.train import METRICS_FILE, MODEL_FILE, PREPROCESSING_FILE
 
     prep = Preprocessing.load(run_dir / PREPROCESSING_FILE)
     model = keras.saving.load_model(run_dir / MODEL_FILE)
+    # The run's calibration, as export folds it into the graph (none for older runs).
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    calibration = metrics.get("calibration", {"method": "none"})
 
     def predict(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(prep.transform(rows), batch_size=4096, verbose=0)).ravel()
+        raw = np.asarray(model.predict(prep.transform(rows), batch_size=4096, verbose=0)).ravel()
+        if calibration["method"] == "none":
+            return raw
+        return apply_calibration(calibration, raw).astype(np.float32)
 
     return predict
 

@@ -52,7 +52,7 @@ def random_model(model_dir: Path, meta: dict[str, str]) -> tuple[keras.Model, Pr
 
 def create_app() -> FastAPI:
     run_dir = Path(os.environ.get("BENCH_KERAS_RUN", "runs/creditcard"))
-    model_dir = Path(os.environ.get("BENCH_MODEL_DIR", "models/creditcard/3"))
+    model_dir = Path(os.environ.get("BENCH_MODEL_DIR", "models/creditcard/4"))
     meta = ort.InferenceSession(str(model_dir / "model.onnx")).get_modelmeta().custom_metadata_map
     thresholds = json.loads(meta["thresholds"])
     if (run_dir / "model.keras").is_file():

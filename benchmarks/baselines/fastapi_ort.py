@@ -2,7 +2,7 @@
 
 What a typical first version looks like: a pydantic request model, one onnxruntime `session.run`
 per request, a dict returned for FastAPI to serialise. It loads the same ONNX model as the server
-(BENCH_MODEL_DIR, default models/creditcard/3) with the same session options.
+(BENCH_MODEL_DIR, default models/creditcard/4) with the same session options.
 
 `create_app` declares the endpoint with a plain (sync) `def`, as FastAPI's documentation advises
 for blocking calls, so each request runs in FastAPI's thread pool: that is the baseline.
@@ -39,7 +39,7 @@ def load_session(path: str) -> ort.InferenceSession:
 
 
 def create_app(run_in_threadpool: bool = True) -> FastAPI:
-    model_dir = os.environ.get("BENCH_MODEL_DIR", "models/creditcard/3")
+    model_dir = os.environ.get("BENCH_MODEL_DIR", "models/creditcard/4")
     session = load_session(os.path.join(model_dir, "model.onnx"))
     meta = session.get_modelmeta().custom_metadata_map
     thresholds = json.loads(meta["thresholds"])

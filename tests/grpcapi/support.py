@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, free_port, start_server
 from tests.model_edits import make_version
 
-SHIPPED = ROOT / "models" / "creditcard" / "3"
+SHIPPED = ROOT / "models" / "creditcard" / "4"
 MODEL = "creditcard"
 N_FEATURES = 29
 MAX_ROWS = 50  # FRAUD_MAX_BATCH_ITEMS of the servers here

@@ -262,7 +262,7 @@ def test_a_default_model_that_is_not_served_stops_start_up() -> None:
 def test_one_model_with_nothing_servable_stops_start_up_and_closes_the_others(
     tmp_path: Path,
 ) -> None:
-    shutil.copytree(ROOT / "models" / "creditcard" / "3", tmp_path / "creditcard" / "3")
+    shutil.copytree(ROOT / "models" / "creditcard" / "4", tmp_path / "creditcard" / "4")
     broken = tmp_path / "zeta" / "1"  # loaded after creditcard: names are sorted
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{}")

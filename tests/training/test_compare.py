@@ -49,6 +49,7 @@ def fake_result(model: str, seed: int, ap: float, latency: float = 20.0) -> Resu
         "roc_auc": 0.97,
         "average_precision": ap,
         "at_thresholds": {"review": at, "decline": at},
+        "calibration": {"predicted_frauds": 90.0, "observed_frauds": 75, "ece": 3e-4},
     }
     return Result(model=model, seed=seed, validation_ap=ap - 0.01, test=test, latency_us=latency)
 
