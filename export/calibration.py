@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from export.artifact import OUTPUT_NAME
-from export.graphs import names
+from export.graphs import names, unique
 from training.calibration import EPSILON, METHODS
 
 UNCALIBRATED = "uncalibrated_probability"
@@ -48,15 +48,6 @@ def fold(proto: onnx.ModelProto, spec: dict[str, object]) -> onnx.ModelProto:
     graph.initializer.extend(constants)
     graph.node.extend(nodes)
     return proto
-
-
-def unique(graph: onnx.GraphProto, stem: str) -> str:
-    taken = set(names(graph))
-    name, index = stem, 0
-    while name in taken:
-        index += 1
-        name = f"{stem}__{index}"
-    return name
 
 
 def constant(name: str, value: float | Sequence[float] | np.ndarray) -> onnx.TensorProto:

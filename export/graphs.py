@@ -26,6 +26,16 @@ def names(graph: onnx.GraphProto) -> Iterator[str]:
             yield tensor.name
 
 
+def unique(graph: onnx.GraphProto, stem: str) -> str:
+    """`stem`, or `stem__1`, `stem__2`, ...: the first no tensor or node of the graph uses."""
+    taken = set(names(graph))
+    name, index = stem, 0
+    while name in taken:
+        index += 1
+        name = f"{stem}__{index}"
+    return name
+
+
 def prune(graph: onnx.GraphProto) -> None:
     """Drop the nodes no graph output needs any more, then the tensors only they used."""
     needed = {o.name for o in graph.output}

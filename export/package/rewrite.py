@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from export.artifact import INPUT_NAME, OPSET, OUTPUT_NAME
 from export.graphs import names as _names
 from export.graphs import prune as _prune
+from export.graphs import unique as _unique
 from export.graphs import walk as _walk
 from export.package.signature import PackageError, Signature, first_line
 
@@ -72,15 +73,6 @@ def _tidy_opsets(model: onnx.ModelProto) -> None:
     versions.setdefault("", OPSET)
     del model.opset_import[:]
     model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(versions.items()))
-
-
-def _unique(graph: onnx.GraphProto, stem: str) -> str:
-    taken = set(_names(graph))
-    name, index = stem, 0
-    while name in taken:
-        index += 1
-        name = f"{stem}__{index}"
-    return name
 
 
 def _free_name(graph: onnx.GraphProto, name: str) -> str:
