@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +92,10 @@ def make_repository(folder: Path) -> Path:
     """The shipped model as versions 3 and 4 (4 the newest) in `folder`; returns version 3's
     folder."""
     model_root = folder / MODEL
-    shutil.copytree(SHIPPED, model_root / "3")
+    model_root.mkdir(parents=True)
+    older = make_version(SHIPPED, model_root, "3")
     make_version(SHIPPED, model_root, "4")
-    return model_root / "3"
+    return older
 
 
 def sample_rows() -> np.ndarray:
