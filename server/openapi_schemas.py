@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.payloads import FLOAT32_MAX, MAX_TRANSACTION_ID
-from server.service import APPROVE, DECLINE, REVIEW
+from server.service import APPROVE, CONTRIBUTIONS, DECLINE, REVIEW
 from server.tensors import DATATYPE
 from server.v2 import PLATFORM, SERVER_NAME
 
@@ -232,13 +232,20 @@ def v2_schemas(
     exact = {} if n_features is None else rows_tied_to_data(n_features, max_rows, value)
     output_choice = obj(
         {
-            "name": STRING if output_name is None else {"const": output_name},
+            "name": (STRING if output_name is None else {"enum": [output_name, CONTRIBUTIONS]})
+            | {
+                "description": f"The probability, or {CONTRIBUTIONS!r}: each row's F feature "
+                "contributions (its probability less its probability with that feature at its "
+                "training mean), in the input's order, from one more model run."
+            },
             "parameters": obj({"binary_data": BOOLEAN}, ("binary_data",)),
         },
         ("parameters",),
     )
     output = {"name": STRING, "datatype": {"const": DATATYPE}, "shape": shape}
-    output |= {"data": array(PROBABILITY), "parameters": binary_size}
+    # A probability is in [0, 1], a contribution (a difference of two) in [-1, 1].
+    contribution = {"type": "number", "minimum": -1, "maximum": 1}
+    output |= {"data": array(contribution), "parameters": binary_size}
     return {
         "V2ServerMetadata": obj(
             {"name": {"const": SERVER_NAME}, "version": STRING, "extensions": array(STRING)}
@@ -259,7 +266,10 @@ def v2_schemas(
                 "id": STRING | {"description": "Echoed back."},
                 "inputs": array(ref("V2InferInput"), 1, 1),
                 "outputs": array(output_choice, 1)
-                | {"type": ["array", "null"], "description": "null or absent: every output."},
+                | {
+                    "type": ["array", "null"],
+                    "description": "null or absent: the probability only.",
+                },
                 "parameters": obj({"binary_data_output": BOOLEAN}, ("binary_data_output",)),
             },
             ("id", "outputs", "parameters"),

@@ -37,12 +37,16 @@ class Explainer:
         copies[:, diagonal + 1, diagonal] = self.baseline
         return copies.reshape(n * (f + 1), f)
 
+    def split(self, n: int, answers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's probabilities for occluded(rows) of n rows -> each row's probability
+        (n,) and its features' contributions (n, F), both taken from the one run."""
+        table = np.asarray(answers, np.float64).reshape(n, len(self.names) + 1)
+        return table[:, 0], table[:, :1] - table[:, 1:]
+
     def reasons(self, rows: np.ndarray, answers: np.ndarray) -> list[list[dict[str, Any]]]:
         """Per row, its reasons, largest contribution first: [{"feature", "value",
         "contribution"}]; `answers` are the model's probabilities for occluded(rows)."""
-        n, f = rows.shape
-        table = np.asarray(answers, np.float64).reshape(n, f + 1)
-        contributions = table[:, :1] - table[:, 1:]
+        _, contributions = self.split(len(rows), answers)
         # Stable: of equal contributions the feature earlier in model order comes first.
         order = np.argsort(-contributions, axis=1, kind="stable")[:, : self.top]
         out = []

@@ -14,7 +14,7 @@ import numpy as np
 from server.alerts import AlertSender
 from server.batching import Runner, check_deadline
 from server.drift import ScoreDrift
-from server.errors import ModelFailure, SettingsError
+from server.errors import InvalidRequest, ModelFailure, SettingsError
 from server.metrics import VALIDATED, Metrics
 from server.payloads import batch_items, parse_batch_items, parse_score_request
 from server.reasons import Explainer
@@ -23,6 +23,9 @@ from server.scorer import Scorer
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 APPROVE, REVIEW, DECLINE = "APPROVE", "REVIEW", "DECLINE"
+# The Open Inference Protocol's second output, when a request names it: each row's
+# per-feature contributions, in the input's feature order (server/reasons.py).
+CONTRIBUTIONS = "contributions"
 
 
 class ScoringService:
@@ -160,11 +163,39 @@ class ScoringService:
         explainer = self.explainer
         if explainer is None:
             return [[] for _ in range(len(rows))]
-        occluded = await self.runner.predict(explainer.occluded(rows), True)
+        return explainer.reasons(rows, await self.occlusion(explainer, rows, True))
+
+    async def occlusion(self, explainer: Explainer, rows: np.ndarray, accepted: bool) -> np.ndarray:
+        occluded = await self.runner.predict(explainer.occluded(rows), accepted)
         if not (occluded.min() >= 0.0 and occluded.max() <= 1.0):
             logger.error("model %s returned values outside [0, 1]", self.info.version)
             raise ModelFailure("the model returned a value that is not a probability")
-        return explainer.reasons(rows, occluded)
+        return occluded
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The v2 outputs, the default first: the others only when a request names them."""
+        return (self.info.output_name, CONTRIBUTIONS)
+
+    async def infer(self, rows: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """v2 inference (both transports): the probability as (n, 1) and, when asked for, the
+        contributions as (n, F), both from one occlusion run (the probability is the run's
+        unoccluded row, so that each contribution is a difference within one run)."""
+        if CONTRIBUTIONS not in outputs:
+            return {self.info.output_name: (await self.predict_rows(rows)).reshape(-1, 1)}
+        if self.explainer is None:
+            raise InvalidRequest(
+                f"the {CONTRIBUTIONS!r} output is off on this server (FRAUD_REASONS=0)"
+            )
+        occluded = await self.occlusion(self.explainer, rows, False)
+        probabilities, contributions = self.explainer.split(len(rows), occluded)
+        probabilities = probabilities.astype(np.float32)
+        if self._score_log is not None:
+            self._score_log.append(probabilities)
+        return {
+            self.info.output_name: probabilities.reshape(-1, 1),
+            CONTRIBUTIONS: contributions.astype(np.float32),
+        }
 
     def refuse_early(self) -> None:
         """503 now, before the request's body is read, if the queue is full or the request's

@@ -140,8 +140,10 @@ def parse_input(
 
 
 def parse_outputs(outputs: Any, names: tuple[str, ...], binary_default: bool) -> dict[str, bool]:
+    """The outputs asked for, each with its encoding; none asked for is the first only (the
+    others cost a model run more)."""
     if outputs is None:
-        return dict.fromkeys(names, binary_default)
+        return dict.fromkeys(names[:1], binary_default)
     if type(outputs) is not list or not outputs:
         raise InvalidRequest("outputs must be a non-empty list")
     chosen: dict[str, bool] = {}

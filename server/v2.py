@@ -29,7 +29,7 @@ from server.metrics import BODY_READ, ENCODING, VALIDATED, Metrics
 from server.payloads import shown
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository
-from server.service import ScoringService
+from server.service import CONTRIBUTIONS, ScoringService
 from server.tensors import encode_response, parse_infer_request, split_body
 
 SERVER_NAME = "fraud-scoring"
@@ -118,7 +118,13 @@ class V2Endpoints:
 
     def metadata(self, name: str, version: str | None) -> dict[str, Any]:
         """A model's metadata in the protocol's shape (both transports), or a ServingError."""
-        info = self.state.ready_snapshot(name).get(version).info
+        service = self.state.ready_snapshot(name).get(version)
+        info = service.info
+        outputs = [{"name": info.output_name, "datatype": "FP32", "shape": [-1, 1]}]
+        if service.explainer is not None:
+            outputs.append(
+                {"name": CONTRIBUTIONS, "datatype": "FP32", "shape": [-1, len(info.feature_names)]}
+            )
         return {
             "name": info.name,
             "versions": list(self.state.ready_snapshot(info.name).services),
@@ -130,7 +136,7 @@ class V2Endpoints:
                     "shape": [-1, len(info.feature_names)],
                 }
             ],
-            "outputs": [{"name": info.output_name, "datatype": "FP32", "shape": [-1, 1]}],
+            "outputs": outputs,
         }
 
     async def model_ready(self, request: Request) -> Response:
@@ -175,16 +181,15 @@ class V2Endpoints:
             binary,
             info.input_name,
             len(info.feature_names),
-            (info.output_name,),
+            service.output_names,
             self.max_rows,
             info.fills_missing,
         )
         if stamps is not None:
             stamps[VALIDATED] = perf_counter()
-        probabilities = await service.predict_rows(infer.rows)
+        tensors = await service.infer(infer.rows, tuple(infer.outputs))
         if stamps is not None:
             stamps[ENCODING] = perf_counter()
-        tensors = {info.output_name: probabilities.reshape(-1, 1)}
         content, header_length = encode_response(info.name, info.version, infer, tensors)
         if header_length is None:
             return content, [JSON_HEADER]

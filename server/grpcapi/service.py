@@ -94,12 +94,11 @@ class InferenceServicer:
             request,
             info.input_name,
             len(info.feature_names),
-            (info.output_name,),
+            service.output_names,
             self.max_rows,
             info.fills_missing,
         )
-        probabilities = await service.predict_rows(infer.rows)
-        tensors = {info.output_name: probabilities.reshape(-1, 1)}
+        tensors = await service.infer(infer.rows, infer.outputs)
         return infer_response(info.name, info.version, infer, tensors)
 
     async def RepositoryIndex(self, request: Any, metadata: Metadata) -> Any:

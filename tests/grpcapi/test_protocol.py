@@ -73,7 +73,10 @@ def test_model_metadata(client: triton.InferenceServerClient) -> None:
         inputs = [(t.name, t.datatype, list(t.shape)) for t in meta.inputs]
         outputs = [(t.name, t.datatype, list(t.shape)) for t in meta.outputs]
         assert inputs == [("features", "FP32", [-1, N_FEATURES])]
-        assert outputs == [("fraud_probability", "FP32", [-1, 1])]
+        assert outputs == [
+            ("fraud_probability", "FP32", [-1, 1]),
+            ("contributions", "FP32", [-1, N_FEATURES]),
+        ]
     status, message = triton_refusal(lambda: client.get_model_metadata("nothing-here"))
     assert status == "StatusCode.NOT_FOUND" and "unknown model 'nothing-here'" in message
     status, _ = triton_refusal(lambda: client.get_model_metadata(MODEL, "9"))
