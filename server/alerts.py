@@ -22,11 +22,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import orjson
+from server.alert_messages import _Alert, encode_alert
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
@@ -78,55 +77,6 @@ def _check_url(number: int, url: object) -> None:
         raise ValueError(f"{what} must start with http:// or https://, not {parts.scheme or '?'}")
     if not parts.hostname:
         raise ValueError(f"{what} has no host")
-
-
-@dataclass(frozen=True, slots=True)
-class _Alert:
-    transaction_id: str | None
-    probability: float
-    decision: str
-    model_version: str
-    offered_at: float  # seconds since the epoch
-    model: str = ""
-    reasons: tuple[tuple[str, float], ...] = ()  # (feature, contribution), largest first
-
-
-def encode_alert(alert: _Alert, slack: bool) -> bytes:
-    when = datetime.fromtimestamp(alert.offered_at, UTC).isoformat(timespec="milliseconds")
-    when = when.replace("+00:00", "Z")
-    if not slack:
-        return orjson.dumps(
-            {
-                "transaction_id": alert.transaction_id,
-                "fraud_probability": alert.probability,
-                "decision": alert.decision,
-                "model": alert.model,
-                "model_version": alert.model_version,
-                "time": when,
-            }
-            # With reason codes on (FRAUD_REASONS), the features that raised the score.
-            | (
-                {"reasons": [{"feature": f, "contribution": c} for f, c in alert.reasons]}
-                if alert.reasons
-                else {}
-            )
-        )
-    transaction = "(no id)" if alert.transaction_id is None else _slack_escape(alert.transaction_id)
-    text = (
-        f"{alert.decision}: transaction {transaction} scored {alert.probability:.4f}"
-        f" (model {_slack_escape(alert.model)} version {_slack_escape(alert.model_version)})"
-        f" at {when}"
-    )
-    if alert.reasons:
-        text += "; reasons: " + ", ".join(
-            f"{_slack_escape(f)} (+{c:.3f})" for f, c in alert.reasons
-        )
-    return orjson.dumps({"text": text})
-
-
-def _slack_escape(text: str) -> str:
-    # Client-chosen ids must not become Slack mentions or links such as <!channel>.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class _Shutdown:
@@ -394,6 +344,18 @@ class AlertSender:
                 logger.exception("could not build an alert; such alerts are dropped")
             self._count_dropped()
             return False
+        accepted = True
+        for channel in self._channels:
+            accepted = channel.offer(alert) and accepted
+        return accepted
+
+    def notify(self, event: str, model: str, model_version: str, detail: str) -> bool:
+        """Queue a policy event (a canary rolled back) for every URL, whatever on_review
+        says; never blocks or raises. False when any URL's queue dropped it."""
+        if self._shutdown.started.is_set():
+            self._count_dropped()
+            return False
+        alert = _Alert(None, 0.0, "", model_version, self._clock(), model, (), event, detail)
         accepted = True
         for channel in self._channels:
             accepted = channel.offer(alert) and accepted
