@@ -278,7 +278,7 @@ BAD_TENSORS = {
     "two inputs": (two_inputs, "inputs must hold exactly one tensor, 'features'"),
     "unknown output": (
         unknown_output,
-        "unknown output 'probability'; this model has ['fraud_probability']",
+        "unknown output 'probability'; this model has ['fraud_probability', 'contributions']",
     ),
     "values in int_contents": (
         in_int_contents,
