@@ -36,6 +36,7 @@ from server.auth import key_guards
 from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
 from server.collectors import (
     alert_counters,
+    comparison_gauges,
     drift_of,
     drift_windows,
     event_counters,
@@ -51,12 +52,14 @@ from server.logs import use_json_logs
 from server.metrics import Metrics, MetricsExporter
 from server.middleware import RequestContext
 from server.openapi import openapi_document
+from server.policy_routes import PolicyRoutes
 from server.ratelimit import RateLimiter
 from server.repository import ModelRepository, Snapshot, resolve_models
 from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
 from server.shutdown import GracefulShutdown
+from server.traffic import TrafficManager
 from server.v2 import V2Endpoints
 
 if TYPE_CHECKING:
@@ -117,17 +120,26 @@ def make_service(
 
 
 def open_repositories(
-    settings: Settings, state: ServerState, metrics: Metrics | None, alerts: AlertSender | None
+    settings: Settings,
+    state: ServerState,
+    metrics: Metrics | None,
+    alerts: AlertSender | None,
+    managers: dict[str, TrafficManager],
 ) -> dict[str, ModelRepository]:
-    """One repository per served model, each with its own versions, polling and reload."""
+    """One repository per served model, each with its own versions, polling and reload, and
+    its traffic manager between it and the state (the policy in policy.json, if any)."""
     root = settings.model_repository
     names, state.default_model = resolve_models(
         root, settings.listed_models, settings.default_model
     )
     load = functools.partial(OnnxScorer.load, intra_op_threads=settings.intra_op_threads)
     service = functools.partial(make_service, settings=settings, metrics=metrics, alerts=alerts)
+    for name in names:
+        managers[name] = TrafficManager(root / name, name, state.publish, alerts)
     return {
-        name: ModelRepository(root, name, load, service, state.publish, settings.max_versions)
+        name: ModelRepository(
+            root, name, load, service, managers[name].on_snapshot, settings.max_versions
+        )
         for name in names
     }
 
@@ -170,6 +182,9 @@ def create_app(
         if allowlist is not None:
             metrics.counter_sources.append(allowlist.counters)
     endpoints = Endpoints(state, guard, metrics)
+    managers: dict[str, TrafficManager] = {}  # filled when the repositories open
+    if metrics is not None:
+        metrics.gauge_sources.append(comparison_gauges(managers))
     limiter = None
     if settings.rate_limit_rps > 0:
         burst = settings.rate_limit_burst or max(1, math.ceil(settings.rate_limit_rps))
@@ -219,7 +234,7 @@ def create_app(
                 service.runner.start()
                 state.publish(Snapshot(one.info.name, {one.info.version: service}))
             return
-        state.repositories = open_repositories(settings, state, metrics, alerts)
+        state.repositories = open_repositories(settings, state, metrics, alerts, managers)
         for repository in state.repositories.values():
             result = await repository.refresh()
             if repository.name not in state.snapshots:
@@ -252,6 +267,8 @@ def create_app(
             if alerts is not None:
                 alerts.close(0.0)
             raise
+        for manager in managers.values():
+            tasks.append(asyncio.create_task(manager.run()))
         if settings.poll_interval_s > 0:
             for repository in state.repositories.values():
                 tasks.append(asyncio.create_task(repository.watch(settings.poll_interval_s)))
@@ -340,6 +357,7 @@ def create_app(
         Mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui"),
         Route("/openapi.json", openapi, methods=["GET"]),
         *v2.routes(),
+        *PolicyRoutes(state, guard, admin_guard, managers).routes(),
     ]
 
     def outermost(app: ASGIApp) -> ASGIApp:

@@ -67,6 +67,14 @@ class NotFound(ServingError):
     code = "not_found"
 
 
+class Conflict(ServingError):
+    """Well formed, but not possible in the server's state now (a policy naming a version
+    that is not served, a promotion with nothing to promote)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class MethodNotAllowed(ServingError):
     status_code = 405
     code = "method_not_allowed"

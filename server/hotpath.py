@@ -103,13 +103,19 @@ class ScoringRoutes:
         self.metrics = context.metrics
         self.limiter = limiter
         self.v2 = v2
-        self.routes: dict[str, tuple[int, Score]] = {
-            "/v1/score": (max_body_bytes, ScoringService.score),
-            "/v1/score/batch": (max_batch_body_bytes, ScoringService.score_batch),
+        # Route -> body limit, the service's method, and the field a canary's share is sticky
+        # by (None: a batch, which the champion answers whole).
+        self.routes: dict[str, tuple[int, Score, str | None]] = {
+            "/v1/score": (max_body_bytes, ScoringService.score, "transaction_id"),
+            "/v1/score/batch": (max_batch_body_bytes, ScoringService.score_batch, None),
         }
         if events is not None:
-            self.routes["/v1/events/score"] = (max_body_bytes, events.score)
-            self.routes["/v1/events/score/batch"] = (max_batch_body_bytes, events.score_batch)
+            self.routes["/v1/events/score"] = (max_body_bytes, events.score, "account_id")
+            self.routes["/v1/events/score/batch"] = (
+                max_batch_body_bytes,
+                events.score_batch,
+                None,
+            )
         for route, score in list(self.routes.items()):
             self.routes["/v1/models/{name}" + route.removeprefix("/v1")] = score
 
@@ -157,8 +163,7 @@ class ScoringRoutes:
                         scope["method"], headers, receive, infer[1], infer[2], stamps
                     )
                 elif route is not None:
-                    limit, score = route
-                    result = await self.answer(scope, receive, headers, limit, score, stamps, model)
+                    result = await self.answer(scope, receive, headers, route, stamps, model)
             except ServingError as error:
                 status = error.status_code
                 if status == 429 and self.metrics is not None:
@@ -202,11 +207,11 @@ class ScoringRoutes:
         scope: Scope,
         receive: Receive,
         headers: dict[bytes, bytes],
-        limit: int,
-        score: Score,
+        route: tuple[int, Score, str | None],
         stamps: list[float] | None,
         model: str | None = None,
     ) -> Any:
+        limit, score, key_field = route
         if scope["method"] != "POST":
             raise MethodNotAllowed(
                 f"{scope['method']} is not allowed on {scope['path']}", headers={"Allow": "POST"}
@@ -225,7 +230,11 @@ class ScoringRoutes:
         body = await read_body(headers.get(b"content-length"), receive, limit)
         # The version is looked up only now, after the last await before the model
         # queue: a request never lands on a version that was swapped out meanwhile.
-        service = self.state.ready_service(version, model)
+        snapshot = self.state.ready_snapshot(model)
         if stamps is not None:
             stamps[BODY_READ] = perf_counter()
-        return await score(service, parse_json(body), stamps)
+        if version is not None:
+            return await score(snapshot.get(version), parse_json(body), stamps)
+        if snapshot.traffic is None:  # no policy: the newest version answers
+            return await score(snapshot.latest, parse_json(body), stamps)
+        return await snapshot.traffic.answer(snapshot, score, parse_json(body), stamps, key_field)

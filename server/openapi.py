@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.openapi_events import EVENT_ROUTES, event_request_bodies, event_schemas
+from server.openapi_policy import policy_request_bodies, policy_routes, policy_schemas
 from server.openapi_schemas import (
     HEADER_LENGTH,
     STRING,
@@ -30,6 +31,8 @@ V1_ERRORS = {
     401: "missing_api_key: no X-API-Key header",
     403: "invalid_api_key: the key is not one of the configured keys; client_not_allowed: the "
     "client's address is outside FRAUD_ALLOWED_CLIENTS",
+    409: "conflict: a policy change the served versions do not allow now (a version not "
+    "served, nothing to promote or roll back)",
     413: "payload_too_large: the body is over the configured limit, declared or streamed",
     404: "not_found: the model or the version asked for (?version=) is not served, or (on "
     "the event routes) the model does not score raw events",
@@ -205,7 +208,7 @@ def routes() -> list[tuple[str, str, str, Schema, tuple[int, ...], str | None]]:
             ("get", path + "/ready", "Model readiness", model_ready, (404, 503), None),
             ("post", path + "/infer", "Score rows", ref("V2InferResponse"), INFER_ERRORS, "ApiKey"),
         ]
-    return table
+    return table + policy_routes()
 
 
 def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
@@ -222,26 +225,30 @@ def request_bodies(names: tuple[str, ...]) -> dict[str, Schema]:
         # no schema can say where the header ends.
         "content": {"application/json": {"schema": ref("V2InferRequest")}},
     }
-    return {
-        "/v1/score": {
-            "required": True,
-            "content": {"application/json": {"schema": ref("ScoreRequest"), "examples": score}},
-        },
-        "/v1/score/batch": {
-            "required": True,
-            "content": {"application/json": {"schema": ref("BatchRequest"), "examples": batch}},
-        },
-        NAMED + "/score": {
-            "required": True,
-            "content": {"application/json": {"schema": ref("NamedScoreRequest")}},
-        },
-        NAMED + "/score/batch": {
-            "required": True,
-            "content": {"application/json": {"schema": ref("NamedBatchRequest")}},
-        },
-        "/v2/models/{name}/infer": infer,
-        "/v2/models/{name}/versions/{version}/infer": infer,
-    } | event_request_bodies()
+    return (
+        {
+            "/v1/score": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("ScoreRequest"), "examples": score}},
+            },
+            "/v1/score/batch": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("BatchRequest"), "examples": batch}},
+            },
+            NAMED + "/score": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("NamedScoreRequest")}},
+            },
+            NAMED + "/score/batch": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("NamedBatchRequest")}},
+            },
+            "/v2/models/{name}/infer": infer,
+            "/v2/models/{name}/versions/{version}/infer": infer,
+        }
+        | event_request_bodies()
+        | policy_request_bodies()
+    )
 
 
 def paths(names: tuple[str, ...], several_models: bool = False) -> dict[str, Schema]:
@@ -259,7 +266,7 @@ def paths(names: tuple[str, ...], several_models: bool = False) -> dict[str, Sch
             operation["security"] = [{key: []}]
         if path in PINNABLE:
             operation["parameters"] = [ref("PinnedVersion", "parameters")]
-        if path in bodies:
+        if path in bodies and method in ("post", "put"):
             operation["requestBody"] = bodies[path]
         if path == "/metrics":  # Prometheus text exposition, not JSON
             operation["responses"]["200"]["content"] = {"text/plain": {"schema": STRING}}
@@ -269,7 +276,10 @@ def paths(names: tuple[str, ...], several_models: bool = False) -> dict[str, Sch
                 HEADER_LENGTH: ref(HEADER_LENGTH, "headers")
             }
         params = [ref(p.title(), "parameters") for p in ("name", "version") if f"{{{p}}}" in path]
-        result[path] = {method: operation} | ({"parameters": params} if params else {})
+        # A path may carry several methods (a policy's GET, PUT and DELETE).
+        result.setdefault(path, {})[method] = operation
+        if params:
+            result[path]["parameters"] = params
     return result
 
 
@@ -309,6 +319,7 @@ def openapi_document(
             )
             | model_schemas(width)
             | event_schemas(max_batch_items)
+            | policy_schemas()
             | v2_schemas(
                 width,
                 max_batch_items,

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 
@@ -36,14 +37,30 @@ MakeService = Callable[[Scorer], ScoringService]
 
 
 class Snapshot:
-    """The versions served at one moment, newest first. Never changed once published."""
+    """The versions served at one moment, newest first, and which one answers by default
+    (`latest`: the newest, or the policy's champion) and which one answers a share as the
+    canary (server/traffic.py). Never changed once published."""
 
-    __slots__ = ("latest", "name", "services")
+    __slots__ = ("canary", "latest", "name", "services", "share", "traffic")
 
-    def __init__(self, name: str, services: Mapping[str, ScoringService]) -> None:
+    def __init__(
+        self,
+        name: str,
+        services: Mapping[str, ScoringService],
+        champion: str | None = None,
+        canary: str | None = None,
+        share: float = 0.0,
+        traffic: Any = None,
+    ) -> None:
         self.name = name
         self.services = dict(services)
-        self.latest = next(iter(self.services.values()))
+        self.latest = (
+            self.services[champion] if champion is not None else next(iter(self.services.values()))
+        )
+        self.canary = self.services[canary] if canary is not None else None
+        self.share = share
+        # The model's traffic manager while a policy applies, else None: the plain path.
+        self.traffic = traffic
 
     def get(self, version: str | None) -> ScoringService:
         if version is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -59,6 +59,9 @@ class ScoringService:
             # The model's series exist from the start, at 0, not from its first flagged row.
             metrics.out_of_distribution.setdefault(self.info.name, 0)
         self.alerts = alerts
+        # Set by server/traffic.py while a policy compares this version with another: handed
+        # every scored batch of rows and their probabilities, after the model run.
+        self.observer: Callable[[np.ndarray, np.ndarray], None] | None = None
         # Drift is measured against this version's own reference, when its artifact has one.
         self.drift = (
             ScoreDrift(
@@ -192,6 +195,8 @@ class ScoringService:
         probabilities = probabilities.astype(np.float32)
         if self._score_log is not None:
             self._score_log.append(probabilities)
+        if self.observer is not None:
+            self.observer(rows, probabilities)
         return {
             self.info.output_name: probabilities.reshape(-1, 1),
             CONTRIBUTIONS: contributions.astype(np.float32),
@@ -218,6 +223,9 @@ class ScoringService:
             raise ModelFailure("the model returned a value that is not a probability")
         if self._score_log is not None:
             self._score_log.append(probabilities)  # binned in bulk, once a second
+        observer = self.observer
+        if observer is not None:
+            observer(rows, probabilities)
         return probabilities
 
     def unusual_row(self, values: Sequence[float]) -> list[str]:

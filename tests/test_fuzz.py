@@ -40,7 +40,9 @@ def server(
     folder = tmp_path_factory.mktemp("fuzz")
     env = {"FRAUD_ADMIN_KEYS": ADMIN_KEY, "FRAUD_MAX_BATCH_ITEMS": MAX_ROWS}
     if request.param == "one model":
-        live = start_server(tiny_model_dir, folder / "uvicorn.log", env)
+        # A copy: the fuzzed policy routes write policy.json beside the versions.
+        shutil.copytree(tiny_model_dir, folder / "repo" / "tiny" / "1")
+        live = start_server(folder / "repo" / "tiny" / "1", folder / "uvicorn.log", env)
     else:
         # The tiny model as the default beside a shipped one of another width: the named
         # routes and every schema shared by both models are fuzzed too.

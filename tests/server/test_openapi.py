@@ -104,6 +104,22 @@ def test_keyed_routes_and_only_they_need_the_api_key() -> None:
         ("/v1/models/{name}/events/score/batch", "post"),
         ("/v2/models/{name}/infer", "post"),
         ("/v2/models/{name}/versions/{version}/infer", "post"),
+        ("/v1/models/{name}/comparison", "get"),
+    }
+    admin = {
+        (path, method)
+        for path, item in DOCUMENT["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS and operation.get("security") == [{"AdminKey": []}]
+    }
+    assert admin == {
+        ("/v2/repository/index", "post"),
+        ("/v2/repository/models/{name}/load", "post"),
+        ("/v1/models/{name}/policy", "get"),
+        ("/v1/models/{name}/policy", "put"),
+        ("/v1/models/{name}/policy", "delete"),
+        ("/v1/models/{name}/promote", "post"),
+        ("/v1/models/{name}/rollback", "post"),
     }
     assert DOCUMENT["components"]["securitySchemes"]["ApiKey"] == {
         "type": "apiKey",
