@@ -18,6 +18,7 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
+from tests.model_edits import make_version
 
 SHIPPED = ROOT / "models" / "creditcard" / "4"
 MOBILE = ROOT / "models" / "mobile-money" / "4"
@@ -156,3 +157,37 @@ def test_the_page_is_static_and_needs_no_key(shipped_server: LiveServer) -> None
     page = httpx.get(f"{shipped_server.base_url}/ui/", timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert httpx.get(f"{shipped_server.base_url}/ui/app.js", timeout=10).status_code == 200
+
+
+def test_the_comparison_of_champion_and_shadow_is_shown(
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    """A policy with a shadow: the page shows the champion, the shadow's figures on the same
+    requests and the decisions' confusion, refreshed as traffic comes."""
+    root = tmp_path / "repo" / "creditcard"
+    root.mkdir(parents=True)
+    for version in ("3", "4"):
+        make_version(SHIPPED, root, version)
+    (root / "policy.json").write_text(json.dumps({"champion": "3", "shadow": "4"}))
+    server = start_server(root / "3", tmp_path / "uvicorn.log")
+    try:
+        rows = json.loads((SHIPPED / "samples.json").read_text())["rows"]
+        with server.client(headers={"X-API-Key": TEST_API_KEY}) as client:
+            for row in rows:
+                assert (
+                    client.post("/v1/score", json={"features": row["features"]}).status_code == 200
+                )
+        connect(browser, server, TEST_API_KEY)
+        wait = WebDriverWait(browser, WAIT_S)
+        wait.until(lambda d: d.find_element(By.ID, "comparison").is_displayed())
+        assert browser.find_element(By.ID, "policy").text.startswith("champion version 3")
+        [challenger] = browser.find_elements(By.CSS_SELECTOR, "#challengers .challenger")
+        assert challenger.text.startswith(
+            f"shadow version 4: {len(rows)} compared, agreement 100.00 %"
+        )
+        agreeing = challenger.find_elements(By.CSS_SELECTOR, "td.agree")
+        assert sum(int(c.text) for c in agreeing) == len(rows)
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "ui-comparison.png"))
+    finally:
+        stop_server(server)

@@ -154,6 +154,55 @@ function sparkline(svg, values) {
   svg.innerHTML = `<polyline points="${points.join(" ")}"></polyline>`;
 }
 
+const DECISIONS = ["APPROVE", "REVIEW", "DECLINE"];
+const share = (x) => (x === null ? "–" : `${(100 * x).toFixed(2)} %`);
+const fixed = (x, digits) => (x === null ? "–" : x.toFixed(digits));
+
+function cell(tag, text, className = "") {
+  const element = document.createElement(tag);
+  element.textContent = text;
+  if (className) element.className = className;
+  return element;
+}
+
+// The model's policy and how each challenger compares with the champion on the same requests.
+function showComparison(found) {
+  const latency = (v) => {
+    const q = found.latency[v];
+    return q ? ` · p50 ${q.p50_ms.toFixed(2)} ms, p99 ${q.p99_ms.toFixed(2)} ms` : "";
+  };
+  const policy = found.policy;
+  let text = `champion version ${found.champion}${latency(found.champion)}`;
+  if (!found.applied) text += policy ? ` (policy waiting: ${found.error})` : " (newest, no policy)";
+  else if (policy.canary) text += ` · canary ${policy.canary} at ${(100 * policy.share).toFixed(0)} %`;
+  $("policy").textContent = text;
+  $("challengers").replaceChildren(...found.challengers.map((c) => {
+    const box = document.createElement("div");
+    box.className = "challenger";
+    box.append(cell("div", `${c.role} version ${c.version}${latency(c.version)}: ` +
+      `${c.compared} compared, agreement ${share(c.agreement)}, ` +
+      `PSI ${fixed(c.psi, 4)}, correlation ${fixed(c.score_correlation, 4)}` +
+      (c.dropped ? `, ${c.dropped} not compared` : "") + (c.errors ? `, ${c.errors} errors` : "")));
+    const table = document.createElement("table");
+    const head = document.createElement("tr");
+    head.append(cell("th", "champion \\ challenger"), ...DECISIONS.map((d) => cell("th", d)));
+    table.append(head);
+    for (const mine of DECISIONS) {
+      const row = document.createElement("tr");
+      row.append(cell("th", mine), ...DECISIONS.map((theirs) =>
+        cell("td", String(c.decisions[`champion ${mine}`][theirs]), mine === theirs ? "agree" : "")));
+      table.append(row);
+    }
+    box.append(table);
+    return box;
+  }));
+  const last = found.events[found.events.length - 1];
+  $("rollback").textContent = last
+    ? `canary ${last.version} rolled back at ${new Date(1000 * last.time).toLocaleTimeString()}: ${last.detail}`
+    : "";
+  $("comparison").hidden = false;
+}
+
 async function poll() {
   if (key) {
     try {
@@ -171,6 +220,10 @@ async function poll() {
       }
       sparkline($("rps-line"), points.map((p) => p.rps));
       sparkline($("p99-line"), points.map((p) => p.p99_ms ?? NaN));
+      if (model) {
+        await api(`/v1/models/${encodeURIComponent(model.name)}/comparison`).then(
+          showComparison, () => { $("comparison").hidden = true; });
+      }
     } catch (error) {
       // The panel stays as it was; errors from the user's own actions are the ones shown.
     }
