@@ -21,7 +21,7 @@ STATE_SNAPSHOT ?= runs/account-state.json
 
 .PHONY: serve test browser redis data train export evaluate lint gate image-test bench \
 	bench-overhead bench-latency bench-routes bench-peers replay soak overload storm wrk clean \
-	serve-tls openssl proto bench-reasons
+	serve-tls openssl proto bench-reasons bench-shadow
 
 $(SERVE_VENV)/.installed: requirements-serve.txt
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -218,6 +218,9 @@ bench-peers: $(VENV)/.installed $(SERVE_VENV)/.installed
 # mostly-APPROVE mix with reasons on against off at 32 (benchmarks/results/reasons.json).
 bench-reasons: $(VENV)/.installed $(SERVE_VENV)/.installed wrk
 	$(VENV)/bin/python -m benchmarks.reasons
+
+bench-shadow: $(VENV)/.installed $(SERVE_VENV)/.installed wrk
+	$(VENV)/bin/python -m benchmarks.shadow
 
 bench-latency: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m benchmarks.latency
