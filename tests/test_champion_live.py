@@ -18,6 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from tests.client_threads import ClientThreads
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 from tests.model_edits import edit_metadata, make_version
 
@@ -64,17 +65,13 @@ def admin(server: LiveServer, method: str, path: str, body: Any = None) -> dict[
     return answer.json()
 
 
-class Load:
+class Load(ClientThreads):
     """CLIENTS threads scoring distinct transactions until stopped; every answer kept."""
 
     def __init__(self, server: LiveServer) -> None:
+        super().__init__(CLIENTS)
         self.server = server
         self.answers: list[tuple[str, int, str | None]] = []  # (id, status, version)
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self.send, args=(n,), daemon=True) for n in range(CLIENTS)
-        ]
 
     def send(self, client: int) -> None:
         samples = rows()
@@ -92,16 +89,6 @@ class Load:
                 with self.lock:
                     self.answers.append(record)
                 i += 1
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
 
     def count(self) -> int:
         with self.lock:
