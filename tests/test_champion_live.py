@@ -319,3 +319,33 @@ def test_policy_changes_that_cannot_apply_are_refused(repository: Path, tmp_path
         )
     finally:
         stop_server(server)
+
+
+def test_raw_events_meet_the_canary_by_account(tmp_path: Path) -> None:
+    """On the event routes the share is sticky by account: every event of one account meets
+    one version, and both versions answer some accounts."""
+    shipped = ROOT / "models" / "mobile-money" / "4"
+    root = tmp_path / "repo" / "mobile-money"
+    root.mkdir(parents=True)
+    for version in ("3", "4"):
+        make_version(shipped, root, version)
+    (root / "policy.json").write_text(json.dumps({"champion": "3", "canary": "4", "share": 0.5}))
+    server = serve(root, tmp_path / "uvicorn.log")
+    event = json.loads((ROOT / "examples" / "mobile-money-event.json").read_text())
+    met: dict[str, set[str]] = {}
+    try:
+        with server.client(headers={"X-API-Key": TEST_API_KEY}) as http:
+            for n in range(3):
+                for account in range(40):
+                    body = event | {
+                        "event_id": f"evt-{account}-{n}",
+                        "account_id": f"acct-{account}",
+                        "timestamp": f"2026-01-24T14:0{n}:17Z",
+                    }
+                    answer = http.post("/v1/models/mobile-money/events/score", json=body)
+                    assert answer.status_code == 200, answer.text
+                    met.setdefault(f"acct-{account}", set()).add(answer.json()["model_version"])
+    finally:
+        stop_server(server)
+    assert all(len(versions) == 1 for versions in met.values()), met
+    assert set().union(*met.values()) == {"3", "4"}
