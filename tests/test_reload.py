@@ -4,7 +4,6 @@ refused, and no request fails meanwhile."""
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx2 as httpx
 import pytest
 import tritonclient.http as triton
 
+from tests.client_threads import ClientThreads
 from tests.conftest import TEST_API_KEY, LiveServer, start_server, stop_server
 from tests.model_edits import drop_last_feature, flip_a_byte, make_version, meta
 
@@ -25,21 +25,19 @@ MAX_LOAD_SECONDS = 60.0
 MAX_LOAD_REQUESTS = 100_000
 
 
-class LoadLoop:
+class LoadLoop(ClientThreads):
     """Clients scoring without pause until stopped (bounded in time and count),
     recording every answer's status and model version, and every transport error."""
 
     def __init__(self, server: LiveServer, n_features: int) -> None:
+        super().__init__(LOAD_THREADS, join_s=MAX_LOAD_SECONDS)
         self.server = server
         self.body = {"transaction_id": "reload", "features": [0.0] * n_features}
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.answers: Counter[tuple[int, str | None]] = Counter()
         self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self.run) for _ in range(LOAD_THREADS)]
         self.started = time.monotonic()
 
-    def run(self) -> None:
+    def send(self, client_number: int) -> None:
         with self.server.client(headers=SCORE) as client:
             while not self.stop.is_set() and time.monotonic() - self.started < MAX_LOAD_SECONDS:
                 if self.total() >= MAX_LOAD_REQUESTS:
@@ -67,16 +65,6 @@ class LoadLoop:
         while version not in self.versions():
             assert time.monotonic() < deadline, f"version {version} never answered"
             time.sleep(0.05)
-
-    def __enter__(self) -> LoadLoop:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=MAX_LOAD_SECONDS)
 
     def failures(self) -> dict[str, object]:
         bad = {f"{status} {version}": n for (status, version), n in self.answers.items()}

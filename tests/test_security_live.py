@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx2 as httpx
 import pytest
 
+from tests.client_threads import ClientThreads
 from tests.conftest import (
     ROOT,
     SERVE_PYTHON,
@@ -140,17 +140,15 @@ def test_named_hashed_keys_serve_and_the_logs_and_buckets_go_by_name(
 # Rotation under load
 
 
-class SteadyScoring:
+class SteadyScoring(ClientThreads):
     """Clients scoring without pause with one key until stopped, every answer counted."""
 
     def __init__(self, server: LiveServer, key: str, body: dict[str, Any], threads: int = 3):
+        super().__init__(threads, join_s=60.0)
         self.server, self.key, self.body = server, key, body
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.answers: Counter[str] = Counter()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
 
-    def run(self) -> None:
+    def send(self, client_number: int) -> None:
         deadline = time.monotonic() + 60.0
         with self.server.client(headers={"X-API-Key": self.key}) as client:
             while not self.stop.is_set() and time.monotonic() < deadline:
@@ -160,16 +158,6 @@ class SteadyScoring:
                     outcome = repr(exc)
                 with self.lock:
                     self.answers[outcome] += 1
-
-    def __enter__(self) -> SteadyScoring:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60.0)
 
 
 def replace_by_rename(folder: Path, text: str) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
+from tests.client_threads import ClientThreads
 from tests.conftest import ROOT, TEST_API_KEY, LiveServer, start_server, stop_server
 from tests.model_edits import make_version
 
@@ -94,23 +94,21 @@ def test_each_model_answers_its_own_scores_on_v1_and_v2(both: tuple[LiveServer, 
         assert "creditcard, mobile-money" in unknown.json()["error"]["message"]
 
 
-class TwoModelLoad:
+class TwoModelLoad(ClientThreads):
     """Clients scoring both models without pause (bounded in time and count), recording
     every answer's (model route, status, version) and every transport error."""
 
     def __init__(self, server: LiveServer) -> None:
+        super().__init__(LOAD_THREADS, join_s=MAX_LOAD_SECONDS)
         self.server = server
         self.bodies = {
             name: {"features": [float(v) for v in samples(name)[1][0]]} for name in SHIPPED
         }
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.answers: Counter[tuple[str, int, str | None]] = Counter()
         self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(LOAD_THREADS)]
         self.started = time.monotonic()
 
-    def run(self, index: int) -> None:
+    def send(self, index: int) -> None:
         # Half the clients on each model; one of each on the unnamed default route.
         name = list(SHIPPED)[index % 2]
         path = "/v1/score" if index < 2 and name == "creditcard" else f"/v1/models/{name}/score"
@@ -135,16 +133,6 @@ class TwoModelLoad:
     def seen(self, name: str, version: str) -> bool:
         with self.lock:
             return self.answers[(name, 200, version)] > 0
-
-    def __enter__(self) -> TwoModelLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=MAX_LOAD_SECONDS)
 
 
 def test_a_reload_of_one_model_under_load_leaves_the_other_alone(
