@@ -188,18 +188,32 @@ def test_many_new_https_connections_at_once_are_all_answered(
     https_server: LiveServer, certs: Certificates, expected: dict[str, Any]
 ) -> None:
     """Each request on a connection of its own, all opened together: every one is a TLS
-    connection, however the server accepts a burst of them."""
+    connection, however the server accepts a burst of them.
+
+    The example is declined, so each answer also runs its 31 occluded rows: on a busy shared
+    machine 32 handshakes and explanations at once can pass the 100 ms deadline, and the
+    server then answers 503 deadline_exceeded. A caller retries that on a new connection;
+    so does this test, and it still needs every connection to end in the score."""
     context = trusting(certs.ours.authority)
     clients = 32
     start = threading.Barrier(clients)
     answers: list[object] = [None] * clients
+    shed: list[str] = []
 
     def one(i: int) -> None:
         start.wait()
-        try:
-            answers[i] = score(https_server.base_url, context)
-        except (OSError, http.client.HTTPException) as exc:
-            answers[i] = repr(exc)
+        for _ in range(3):
+            try:
+                answers[i] = score(https_server.base_url, context)
+                return
+            except urllib.error.HTTPError as exc:
+                answers[i] = repr(exc)
+                if exc.code != 503:
+                    return
+                shed.append(json.load(exc)["error"]["code"])
+            except (OSError, http.client.HTTPException) as exc:
+                answers[i] = repr(exc)
+                return
 
     for _ in range(3):
         threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
@@ -208,6 +222,8 @@ def test_many_new_https_connections_at_once_are_all_answered(
         for thread in threads:
             thread.join(timeout=30)
         assert answers == [expected] * clients
+    assert set(shed) <= {"deadline_exceeded", "overloaded"}, shed
+    assert len(shed) <= clients, shed  # a stall now and then, not a server that sheds a burst
 
 
 @pytest.fixture(scope="module")
