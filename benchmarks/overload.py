@@ -2,9 +2,13 @@
 
 Against a real uvicorn serving the shipped model on loopback:
 1. capacity: 200s per second from 32 connections with no pause (closed loop, 5 s);
-2. normal: open-loop at half of that (the reference p99);
+2. normal: open-loop at `--normal-share` of that (half; the reference p99);
 3. overload: open-loop at `--factor` x capacity for `--overload-s` seconds;
-4. recovery: half of capacity again.
+4. recovery: the normal rate again.
+
+The rows are the model card's samples, a quarter of them frauds: each one declined is also
+explained, one more model run of F + 1 rows, so this mix costs the server about twice what
+the real one (1 in 647 not approved) does.
 
 Callers reach the server through a pool of `--connections` keep-alive connections, one request
 in flight on each, as a payment platform's client does; a request that waits longer than
@@ -14,8 +18,9 @@ server takes) and from when it was due (what the caller waits, its pool's queue 
 
 Prints the figures and writes them as JSON; exits 1 when a check fails: an answer other than
 2xx, 503 or 429, a request with no answer, p99 (from sending) of accepted requests during the
-overload over both `--p99-factor` x the normal phase's and `--queue-factor` x the mean that
-Little's law gives for a full pool (connections / answer rate), or p99 (from sending and from
+overload over `--p99-factor` x the normal phase's, `--queue-factor` x the mean that Little's
+law gives for a full pool (connections / answer rate) and the server's own bound (its request
+deadline plus `--batch-slack-ms` for the batch a request made), or p99 (from sending and from
 due) of the requests due `--recovery-s` after the overload or later over `--normal-tolerance` x
 normal (at least normal + `--normal-slack-ms`).
 
@@ -45,6 +50,9 @@ from benchmarks.serving import SERVE_PYTHON, model_env, shipped_model_dir, uvico
 
 API_KEY = "overload-key"
 ACCEPTED = (200,)
+# The server's FRAUD_REQUEST_DEADLINE_MS default (server/settings.py): the benchmark does not
+# import the server.
+DEFAULT_DEADLINE_MS = 100.0
 SHED = (503, 429)
 
 
@@ -99,13 +107,24 @@ def overload_limit_ms(summary: dict[str, Any], args: argparse.Namespace) -> floa
     At saturation every pooled connection has a request in the server, so by Little's law the
     mean time from sending is connections / answer rate, however fast the server is at half
     load: a ratio to the normal p99 alone fails a server that simply got a quieter normal
-    phase. Either bound holding shows the queue stayed bounded; a queue that grew would give
-    seconds, not milliseconds.
+    phase. And the server answers a request that made its batch, however late the batch
+    ends, while one still waiting at its deadline gets a 503: an accepted answer comes within
+    the deadline and one batch, which on a slow moment of a shared machine may be more than
+    Little's bound. Any of the bounds holding shows the queue stayed bounded; a queue that
+    grew would give seconds, not milliseconds.
     """
     phases = summary["phases"]
     normal = phases["normal"]["p99_server_ms"]
     in_hand_ms = summary["connections"] / phases["overload"]["answered_per_s"] * 1e3
-    return max(args.p99_factor * normal, args.queue_factor * in_hand_ms)
+    deadline = deadline_ms(args)
+    own = deadline + args.batch_slack_ms if deadline > 0 else 0.0
+    return max(args.p99_factor * normal, args.queue_factor * in_hand_ms, own)
+
+
+def deadline_ms(args: argparse.Namespace) -> float:
+    """The server's request deadline in this run: its default unless --env sets it."""
+    settings = dict(item.split("=", 1) for item in args.env)
+    return float(settings.get("FRAUD_REQUEST_DEADLINE_MS", DEFAULT_DEADLINE_MS))
 
 
 def check(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -152,6 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # stalls: one CI run, every answer a 200, had p99 4.3 x the mean. A queue that grew would
     # give seconds, and the request deadline (100 ms) caps it anyway.
     parser.add_argument("--queue-factor", type=float, default=5.0)
+    # The batch a request made and the loop's turns that write its answer: a few ms here,
+    # tens of them when the shared machine stalls.
+    parser.add_argument("--batch-slack-ms", type=float, default=50.0)
+    parser.add_argument("--normal-share", type=float, default=0.5)
     parser.add_argument("--normal-tolerance", type=float, default=2.0)
     parser.add_argument("--normal-slack-ms", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
@@ -172,10 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rate = capacity("127.0.0.1", server.port, requests)
         phases = [
             # Opens the pool's connections and warms the server; not counted.
-            Phase("warm-up", rate / 2, 2.0),
-            Phase("normal", rate / 2, args.normal_s),
+            Phase("warm-up", rate * args.normal_share, 2.0),
+            Phase("normal", rate * args.normal_share, args.normal_s),
             Phase("overload", rate * args.factor, args.overload_s),
-            Phase("recovery", rate / 2, args.recovery_total_s),
+            Phase("recovery", rate * args.normal_share, args.recovery_total_s),
         ]
         results = run_load(
             "127.0.0.1",
@@ -190,6 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "capacity_per_s": rate,
         "factor": args.factor,
         "connections": args.connections,
+        "normal_share": args.normal_share,
         "settings": args.env,
     } | summarise(results, args.recovery_s)
     failures = check(summary, args)

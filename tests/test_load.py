@@ -16,7 +16,11 @@ from benchmarks import overload, soak, storm
 
 @pytest.mark.load
 def test_overload_answers_at_capacity_and_recovers() -> None:
-    args = overload.parse_args(["--overload-s", "20"])
+    # Normal load at a third of capacity, not half: the shared machine's own capacity may fall
+    # by half within a run (one CI run measured 4,248/s, then answered 2,815/s through the
+    # overload and 1,882/s after it), and a recovery to a rate the machine no longer gives
+    # cannot be judged.
+    args = overload.parse_args(["--overload-s", "20", "--normal-share", "0.33"])
     summary = overload.run(args)
     print(json.dumps(summary, indent=2))
     phases = summary["phases"]
@@ -24,14 +28,18 @@ def test_overload_answers_at_capacity_and_recovers() -> None:
         assert set(phase["statuses"]) <= {"200", "429", "503"}, phase["statuses"]
     capacity = summary["capacity_per_s"]
     assert phases["overload"]["due"] / args.overload_s > 0.9 * args.factor * capacity
-    # The server answered at about its capacity throughout; the rest waited in the
-    # callers' pool and was given up after their timeout, never reaching the server.
-    assert phases["overload"]["answered_per_s"] > 0.7 * capacity
+    # The server kept answering through the overload (a server in congestive collapse answers
+    # a small part of its capacity; the shared machine alone may take a third of it); the
+    # rest waited in the callers' pool and was given up after their timeout, never reaching
+    # the server.
+    assert phases["overload"]["answered_per_s"] > 0.5 * capacity
     assert phases["overload"]["abandoned"] > 0
     normal = phases["normal"]["p99_server_ms"]
-    # Bounded by the pool: connections / answer rate is the mean time in the server.
+    # Bounded by the pool (connections / answer rate is the mean time in the server) or by the
+    # deadline and one batch, and never looser than the latter.
     assert phases["overload"]["p99_server_ms"] <= overload.overload_limit_ms(summary, args)
-    assert overload.overload_limit_ms(summary, args) < 100
+    own = overload.deadline_ms(args) + args.batch_slack_ms
+    assert overload.overload_limit_ms(summary, args) <= own
     limit = max(args.normal_tolerance * normal, normal + args.normal_slack_ms)
     assert summary["recovered_p99_server_ms"] <= limit
     assert summary["recovered_p99_ms"] <= limit
