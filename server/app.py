@@ -138,7 +138,13 @@ def open_repositories(
         managers[name] = TrafficManager(root / name, name, state.publish, alerts)
     return {
         name: ModelRepository(
-            root, name, load, service, managers[name].on_snapshot, settings.max_versions
+            root,
+            name,
+            load,
+            service,
+            managers[name].on_snapshot,
+            settings.max_versions,
+            keep=managers[name].named_versions,
         )
         for name in names
     }

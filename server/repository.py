@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,7 @@ class ModelRepository:
         make_service: MakeService,
         publish: Callable[[Snapshot], None],
         max_versions: int = 0,
+        keep: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.root = root
         self.name = name
@@ -183,6 +184,9 @@ class ModelRepository:
         self._make_service = make_service
         self._publish_snapshot = publish
         self.max_versions = max_versions
+        # Versions served whatever max_versions says: those the model's policy names, so
+        # that a newer version arriving never drops the champion a team chose.
+        self._keep = keep
         self.versions: dict[str, VersionState] = {}
         self.snapshot: Snapshot | None = None
         self.loads_ok = 0
@@ -206,9 +210,10 @@ class ModelRepository:
         result = PassResult()
         on_disk = scan(self.model_root)
         wanted: dict[str, ScoringService] = {}
+        named = self._keep()
         for version, sig in on_disk.items():
-            if self.max_versions and len(wanted) >= self.max_versions:
-                break
+            if self.max_versions and len(wanted) >= self.max_versions and version not in named:
+                continue
             state = self.versions.get(version)
             unchanged = state is not None and state.signature == sig
             if unchanged and state is not None and (state.error is None or not force):

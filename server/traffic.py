@@ -117,6 +117,14 @@ class TrafficManager:
                 f"(serving {', '.join(self.raw.services) if self.raw else 'nothing yet'})"
             )
 
+    def named_versions(self) -> frozenset[str]:
+        """The versions the policy names, the one a rollback returns to too: the repository
+        keeps them loaded beyond FRAUD_MAX_VERSIONS."""
+        policy = self.policy
+        if policy is None:
+            return frozenset()
+        return frozenset(policy.versions() | ({policy.previous} if policy.previous else set()))
+
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """The repository's publish: a new set of versions."""
         self.raw = snapshot

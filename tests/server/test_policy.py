@@ -20,6 +20,7 @@ from server.policy import (
     read,
     write,
 )
+from server.traffic import TrafficManager
 
 
 def test_a_full_policy_round_trips_through_its_file(tmp_path: Path) -> None:
@@ -94,6 +95,18 @@ def test_promotion_and_the_canary_s_removal() -> None:
     assert policy.without_canary() == Policy("4", shadow="6")
     with pytest.raises(PolicyConflict, match="nothing to promote"):
         Policy("4").promoted()
+
+
+def test_the_repository_keeps_every_version_the_policy_names(tmp_path: Path) -> None:
+    manager = TrafficManager(tmp_path, "m", lambda snapshot: None)
+    assert manager.named_versions() == frozenset()  # no policy: max_versions alone decides
+    write(tmp_path, Policy("4", shadow="6", canary="5", share=0.1))
+    manager.load_file()
+    assert manager.named_versions() == {"4", "5", "6"}
+    # After a promotion the old champion is what a rollback returns to: kept too.
+    write(tmp_path, Policy("4", canary="5", share=0.1).promoted())
+    manager.load_file()
+    assert manager.named_versions() == {"5", "4"}
 
 
 def test_the_share_is_sticky_and_holds() -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,10 @@ class Published:
 
 
 def repository(
-    root: Path, max_versions: int = 0, settings: Settings | None = None
+    root: Path,
+    max_versions: int = 0,
+    settings: Settings | None = None,
+    keep: Callable[[], Collection[str]] = frozenset,
 ) -> tuple[ModelRepository, FakeLoader, Published]:
     loader, published = FakeLoader(), Published()
     config = settings or Settings(api_keys=("k",))
@@ -79,6 +83,7 @@ def repository(
         lambda scorer: make_service(scorer, config),
         published,
         max_versions,
+        keep,
     )
     return repo, loader, published
 
@@ -270,6 +275,28 @@ def test_max_versions_serves_only_the_newest_good_ones(tmp_path: Path) -> None:
         write_version(tmp_path, "5")
         result = await repo.refresh()
         assert served(repo) == ["5", "3"] and result.retired == ["2"]
+
+    asyncio.run(scenario())
+
+
+def test_the_versions_a_policy_names_are_served_beyond_max_versions(tmp_path: Path) -> None:
+    for version in ("1", "2", "3"):
+        write_version(tmp_path, version)
+    named = {"1"}  # a policy's champion, older than the newest two
+    repo, _, _ = repository(tmp_path, max_versions=2, keep=lambda: named)
+
+    async def scenario() -> None:
+        await repo.refresh()
+        assert served(repo) == ["3", "2", "1"]
+        write_version(tmp_path, "4")
+        result = await repo.refresh()
+        assert served(repo) == ["4", "3", "1"] and result.retired == ["2"]
+        named.clear()  # the policy removed: max_versions alone decides again
+        result = await repo.refresh()
+        assert served(repo) == ["4", "3"] and result.retired == ["1"]
+        named.add("2")  # named again, and still on disk: loaded again
+        result = await repo.refresh()
+        assert served(repo) == ["4", "3", "2"] and result.loaded == ["2"]
 
     asyncio.run(scenario())
 
