@@ -6,6 +6,9 @@ single handler in server/app.py turns them into `{"error": {...}}` bodies.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 
 class ServingError(Exception):
     status_code = 500
@@ -142,6 +145,10 @@ class StateUnavailable(ServingError):
 class ModelFailure(ServingError):
     status_code = 500
     code = "model_error"
+    # What answers the same request on another version without doing its side effects
+    # again (a raw event already applied to its account's state), where a request has
+    # them: a canary's failure is answered by the champion this way (server/traffic.py).
+    redo: Callable[[Any], Awaitable[Any]] | None = None
 
 
 class ArtifactError(Exception):

@@ -26,7 +26,7 @@ import numpy as np
 from features.events import DEFINITIONS, EVENT_FIELDS, FEATURES, Event, advance
 from features.reading import EventError, event_from_mapping
 from server.accounts import AccountStore, Update, account_key
-from server.errors import InvalidRequest, NotFound, StateUnavailable
+from server.errors import InvalidRequest, ModelFailure, NotFound, StateUnavailable
 from server.metrics import VALIDATED
 from server.payloads import _json_type, shown
 from server.service import ScoringService
@@ -257,7 +257,16 @@ class EventScoring:
         if stamps is not None:
             stamps[VALIDATED] = perf_counter()
         (folded,) = await pipeline.fold((event,))
-        return (await self._answers(service, [event], [folded], wanted))[0]
+        try:
+            return (await self._answers(service, [event], [folded], wanted))[0]
+        except ModelFailure as error:
+            # The event is applied: another version answers it from the same features,
+            # not from the state it left, where it would be taken for a replay.
+            async def redo(other: ScoringService) -> dict[str, Any]:
+                return (await self._answers(other, [event], [folded], wanted))[0]
+
+            error.redo = redo
+            raise
 
     async def score_batch(
         self, service: ScoringService, payload: Any, stamps: list[float] | None = None

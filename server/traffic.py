@@ -226,7 +226,10 @@ class TrafficManager:
             self.trip(service.info.version, f"model error: {error.message}")
             service = snapshot.latest
             started = perf_counter()
-            result = await score(service, payload, stamps)
+            if error.redo is not None:
+                result = await error.redo(service)
+            else:
+                result = await score(service, payload, stamps)
         self.latencies.ring(service.info.version).append(perf_counter() - started)
         return result
 
