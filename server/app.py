@@ -49,7 +49,8 @@ from server.events import EventScoring, takes_events
 from server.hotpath import ScoringRoutes
 from server.http_errors import http_error, serving_error, unexpected_error
 from server.logs import use_json_logs
-from server.metrics import Metrics, MetricsExporter
+from server.metrics import Metrics
+from server.metrics_export import MetricsExporter
 from server.middleware import RequestContext
 from server.openapi import openapi_document
 from server.policy_routes import PolicyRoutes

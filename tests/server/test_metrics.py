@@ -22,7 +22,8 @@ from starlette.testclient import TestClient
 from server.app import create_app
 from server.batching import LoopBatcher
 from server.errors import NotReady, Overloaded
-from server.metrics import Metrics, MetricsExporter, merge
+from server.metrics import Metrics
+from server.metrics_export import MetricsExporter, merge
 from server.settings import Settings
 from tests.server.fakes import FakeScorer
 
