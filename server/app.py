@@ -33,7 +33,7 @@ from server.admission import Admission
 from server.alerts import AlertSender
 from server.allowlist import AllowlistGate, allowlist_of
 from server.auth import key_guards
-from server.batching import Batcher, InlineRunner, LoopBatcher, Runner
+from server.batching import InlineRunner, LoopBatcher, Runner
 from server.collectors import (
     alert_counters,
     comparison_gauges,
@@ -60,6 +60,7 @@ from server.scorer import OnnxScorer, Scorer
 from server.service import ScoringService
 from server.settings import Settings
 from server.shutdown import GracefulShutdown
+from server.thread_batcher import Batcher
 from server.traffic import TrafficManager
 from server.v2 import V2Endpoints
 

@@ -7,9 +7,9 @@ queue: a request that finds the queue full gets 503 at once.
   turn of the event loop and runs them together on the loop at its next turn.
   No thread, so no cross-thread wake-ups: on a 2-core VM each wake-up costs tens
   of microseconds, more than the model's own time per row in a batch.
-- Batcher feeds one inference thread that, whenever free, takes everything
-  waiting. onnxruntime releases the GIL inside `run`, so parsing overlaps with
-  inference; this pays off with a heavier model or more cores.
+- Batcher (server/thread_batcher.py) feeds one inference thread that, whenever
+  free, takes everything waiting. onnxruntime releases the GIL inside `run`, so
+  parsing overlaps with inference; this pays off with a heavier model or more cores.
 
 Both put at most `max_batch` rows in one run. A request larger than that (a
 /v1/score/batch of many transactions) goes in chunks of `max_batch` rows, one after
@@ -22,11 +22,8 @@ answers a lone request at once and a busy one amortises the model call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,12 +60,12 @@ class Runner(Protocol):
 
     async def predict(self, rows: np.ndarray, accepted: bool = False) -> np.ndarray:
         """`accepted`: the request chose this runner before an await, so a retire since
-        then lets it finish here (see _BoundedQueue.predict)."""
+        then lets it finish here (see BoundedQueue.predict)."""
         ...
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
     rows: np.ndarray
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
@@ -76,7 +73,7 @@ class _Job:
     due: float  # perf_counter() by which its batch must start (server/deadlines.py)
 
 
-def observe_run(metrics: Metrics | None, jobs: list[_Job], started: float, finished: float) -> None:
+def observe_run(metrics: Metrics | None, jobs: list[Job], started: float, finished: float) -> None:
     """Queue wait per request, inference time and rows per run. On the event loop only."""
     if metrics is None:
         return
@@ -153,7 +150,7 @@ def run_alone(predict: Predict, rows: np.ndarray, metrics: Metrics | None) -> np
     return scores
 
 
-class _BoundedQueue:
+class BoundedQueue:
     """What both batchers share: the bounds, the waiting jobs, and taking a batch of them."""
 
     def __init__(
@@ -169,7 +166,7 @@ class _BoundedQueue:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_delay_s = max_delay_s
-        self._pending: deque[_Job] = deque()
+        self._pending: deque[Job] = deque()
         self._pending_rows = 0
         self._closed = False  # closed: nothing more is taken
         self._retired = False  # retired: only what was accepted is taken (see predict)
@@ -211,7 +208,7 @@ class _BoundedQueue:
 
     def _admit(
         self, rows: np.ndarray, loop: asyncio.AbstractEventLoop, accepted: bool, bounded: bool
-    ) -> _Job:
+    ) -> Job:
         if self._closed or (self._retired and not accepted):
             raise shutting_down()
         now = time.perf_counter()
@@ -223,7 +220,7 @@ class _BoundedQueue:
             raise deadlines.expired()
         if bounded:
             self.check_capacity()
-        job = _Job(rows, loop.create_future(), loop, now, due)
+        job = Job(rows, loop.create_future(), loop, now, due)
         self._pending.append(job)
         self._pending_rows += len(rows)
         return job
@@ -237,13 +234,13 @@ class _BoundedQueue:
                 "the server is at capacity; retry shortly", headers={"Retry-After": "1"}
             )
 
-    def _take_batch(self) -> tuple[list[_Job], list[_Job]]:
+    def _take_batch(self) -> tuple[list[Job], list[Job]]:
         """The oldest jobs still within their deadline, up to max_batch rows, and the jobs
         passed over because their deadline has gone: (batch, expired). The batch is empty
         only when every waiting job had expired."""
         now = time.perf_counter()
-        jobs: list[_Job] = []
-        late: list[_Job] = []
+        jobs: list[Job] = []
+        late: list[Job] = []
         rows = 0
         while self._pending:
             job = self._pending[0]
@@ -264,7 +261,7 @@ class _BoundedQueue:
     _counts_on_loop = True
 
 
-class LoopBatcher(_BoundedQueue):
+class LoopBatcher(BoundedQueue):
     def _setup(self) -> None:
         self._flush_handle: asyncio.Handle | None = None
         self._flush_is_timer = False  # uvloop's timer handles are no asyncio.TimerHandle
@@ -347,92 +344,7 @@ class LoopBatcher(_BoundedQueue):
                 job.future.set_result(result)
 
 
-class Batcher(_BoundedQueue):
-    _counts_on_loop = False  # the inference thread takes batches: expired ones are counted
-    # on the loop, when they are answered
-
-    def _setup(self) -> None:
-        self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
-        self._stopped = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop taking work; fail whatever still waits; let the running batch finish."""
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._thread.join(timeout=10)
-
-    def retire(self) -> None:
-        with self._wake:
-            self._retired = True
-            self._wake.notify()
-
-    async def _predict_rows(self, rows: np.ndarray, accepted: bool, bounded: bool) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        with self._wake:
-            if self._stopped:  # retired and done: no thread is left to take it
-                raise shutting_down()
-            job = self._admit(rows, loop, accepted, bounded)
-            self._wake.notify()
-        return await job.future
-
-    def _chunked_done(self) -> None:
-        with self._wake:
-            self._wake.notify()
-
-    def _count_expired(self, late: list[_Job]) -> Callable[[], None] | None:
-        metrics = self.metrics
-        if metrics is None:
-            return None
-
-        def count() -> None:
-            metrics.expired += len(late)
-
-        return count
-
-    def _take(self) -> tuple[list[_Job], list[_Job]] | None:
-        """Block until there is work and return a batch of it, with the jobs that expired
-        waiting (see _take_batch); None once closed."""
-        with self._wake:
-            while not self._pending and not self._closed:
-                # Retired: stop once nothing waits and no chunked request has more to send.
-                if self._retired and not self._chunking:
-                    self._stopped = True
-                    return None
-                self._wake.wait()
-            if self._closed:
-                stranded = list(self._pending)
-                self._pending.clear()
-                _deliver(stranded, [shutting_down() for _ in stranded])
-                return None
-            if self.max_delay_s > 0 and self._pending_rows < self.max_batch:
-                deadline = time.monotonic() + self.max_delay_s
-                while self._pending_rows < self.max_batch and not (self._closed or self._retired):
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
-            return self._take_batch()
-
-    def _work(self) -> None:
-        while (taken := self._take()) is not None:
-            jobs, late = taken
-            if late:
-                _deliver(late, [deadlines.expired() for _ in late], self._count_expired(late))
-            if not jobs:
-                continue
-            started = time.perf_counter()
-            results = score_batch(self._predict, jobs)
-            # Observed on the loop, with the answers: the tallies are not thread-safe.
-            run = functools.partial(observe_run, self.metrics, jobs, started, time.perf_counter())
-            _deliver(jobs, results, run)
-
-
-def score_batch(predict: Predict, jobs: list[_Job]) -> list[np.ndarray | BaseException]:
+def score_batch(predict: Predict, jobs: list[Job]) -> list[np.ndarray | BaseException]:
     """Each job's slice of one model run, or for every job the error that failed it.
 
     Nothing may escape: on the loop a lost error would leave requests waiting for
@@ -451,32 +363,3 @@ def score_batch(predict: Predict, jobs: list[_Job]) -> list[np.ndarray | BaseExc
         results.append(scores[start : start + len(job.rows)])
         start += len(job.rows)
     return results
-
-
-def _deliver(
-    jobs: list[_Job],
-    results: list[np.ndarray | BaseException],
-    observe: Callable[[], None] | None = None,
-) -> None:
-    """One wake-up per event loop per batch, not one per request."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, np.ndarray | BaseException]]] = {}
-    for job, result in zip(jobs, results, strict=True):
-        by_loop.setdefault(job.loop, []).append((job, result))
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            loop.call_soon_threadsafe(_resolve, items, observe)
-        observe = None  # once per batch, on one loop
-
-
-def _resolve(
-    items: list[tuple[_Job, np.ndarray | BaseException]], observe: Callable[[], None] | None
-) -> None:
-    if observe is not None:
-        observe()
-    for job, result in items:
-        if job.future.done():  # the client went away and its task was cancelled
-            continue
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)

@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from server.batching import Batcher, LoopBatcher
+from server.batching import LoopBatcher
 from server.errors import ModelFailure, NotReady, Overloaded
+from server.thread_batcher import Batcher
 
 
 class GatedModel:

@@ -13,10 +13,11 @@ import pytest
 
 from server import deadlines
 from server.app import create_app
-from server.batching import Batcher, LoopBatcher
+from server.batching import LoopBatcher
 from server.errors import BadRequest, DeadlineExceeded
 from server.service import ScoringService
 from server.settings import Settings
+from server.thread_batcher import Batcher
 from tests.server.fakes import FakeScorer
 from tests.server.test_batch_endpoint import HEADERS, KEY, BlockingScorer
 from tests.server.test_batching import GatedModel, row, settle
