@@ -1,7 +1,7 @@
 """Champion against challenger on the same requests: decision agreement and its confusion,
 score correlation, PSI between the two score distributions, since the policy began and over
-the last `window` requests (what the guard judges), and per-version latency. On the event
-loop only; each batch of pairs is added in a few numpy operations."""
+the last `window` requests, and per-version latency; and the guard's judgement of them. On
+the event loop only; each batch of pairs is added in a few numpy operations."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+
+from server.policy import Policy
 
 DECISIONS = ("APPROVE", "REVIEW", "DECLINE")
 # Fixed score bins, log-spaced: fraud scores crowd near 0, where equal-width bins would put
@@ -175,3 +177,38 @@ class Latencies:
             values = values[-last:]
         p50, p99 = np.percentile(values, [50, 99])
         return {"count": len(values), "p50_ms": 1e3 * float(p50), "p99_ms": 1e3 * float(p99)}
+
+
+def guard_finding(policy: Policy, comparison: Comparison, latencies: Latencies) -> str | None:
+    """Why the guard (server/policy.py) rolls the policy's canary back, or None: a model
+    error, decision agreement or PSI over its window, or its p99 against the champion's."""
+    guard = policy.guard
+    if policy.canary is None:
+        return None
+    if comparison.errors:
+        return f"{comparison.errors} model errors"
+    window = comparison.window.figures()
+    if window["compared"] >= min(guard.min_compared, guard.window):
+        if window["agreement"] < guard.min_agreement:
+            return (
+                f"decision agreement {window['agreement']:.4f} < {guard.min_agreement} "
+                f"over the last {window['compared']} requests"
+            )
+        if window["psi"] is not None and window["psi"] > guard.max_psi:
+            return (
+                f"PSI {window['psi']:.4f} > {guard.max_psi} "
+                f"over the last {window['compared']} requests"
+            )
+    mine = latencies.quantiles(policy.canary, guard.window)
+    theirs = latencies.quantiles(policy.champion, guard.window)
+    if (
+        mine is not None
+        and theirs is not None
+        and min(mine["count"], theirs["count"]) >= min(guard.min_compared, guard.window)
+        and mine["p99_ms"] > guard.max_p99_ratio * theirs["p99_ms"]
+    ):
+        return (
+            f"p99 {mine['p99_ms']:.3f} ms > {guard.max_p99_ratio} x the champion's "
+            f"{theirs['p99_ms']:.3f} ms"
+        )
+    return None

@@ -31,7 +31,7 @@ import numpy as np
 
 from server import policy as policies
 from server.alerts import AlertSender
-from server.comparison import Comparison, Latencies
+from server.comparison import Comparison, Latencies, guard_finding
 from server.endpoints import Score
 from server.errors import ModelFailure
 from server.policy import Policy, PolicyConflict, PolicyError
@@ -303,41 +303,9 @@ class TrafficManager:
         comparison = self.comparisons.get(("canary", policy.canary))
         if comparison is None:
             return
-        finding = self.finding(policy, comparison)
+        finding = guard_finding(policy, comparison, self.latencies)
         if finding is not None:
             self.trip(policy.canary, finding)
-
-    def finding(self, policy: Policy, comparison: Comparison) -> str | None:
-        guard = policy.guard
-        if policy.canary is None:
-            return None
-        if comparison.errors:
-            return f"{comparison.errors} model errors"
-        window = comparison.window.figures()
-        if window["compared"] >= min(guard.min_compared, guard.window):
-            if window["agreement"] < guard.min_agreement:
-                return (
-                    f"decision agreement {window['agreement']:.4f} < {guard.min_agreement} "
-                    f"over the last {window['compared']} requests"
-                )
-            if window["psi"] is not None and window["psi"] > guard.max_psi:
-                return (
-                    f"PSI {window['psi']:.4f} > {guard.max_psi} "
-                    f"over the last {window['compared']} requests"
-                )
-        mine = self.latencies.quantiles(policy.canary, guard.window)
-        theirs = self.latencies.quantiles(policy.champion, guard.window)
-        if (
-            mine is not None
-            and theirs is not None
-            and min(mine["count"], theirs["count"]) >= min(guard.min_compared, guard.window)
-            and mine["p99_ms"] > guard.max_p99_ratio * theirs["p99_ms"]
-        ):
-            return (
-                f"p99 {mine['p99_ms']:.3f} ms > {guard.max_p99_ratio} x the champion's "
-                f"{theirs['p99_ms']:.3f} ms"
-            )
-        return None
 
     def trip(self, version: str, finding: str) -> None:
         policy = self.policy

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.comparison import Comparison, Window, decisions, psi, score_bins
+from server.comparison import (
+    Comparison,
+    Latencies,
+    Window,
+    decisions,
+    guard_finding,
+    psi,
+    score_bins,
+)
 from server.policy import (
     Guard,
     Policy,
@@ -158,3 +166,37 @@ def test_a_window_keeps_the_newest_of_a_batch_larger_than_itself() -> None:
     window = Window(4)
     window.add(np.array([False] * 3 + [True] * 4), np.zeros(7, int), np.zeros(7, int))
     assert window.figures()["agreement"] == 1.0 and window.filled == 4
+
+
+def test_the_guard_finds_errors_disagreement_a_shift_and_a_slow_canary() -> None:
+    guard = Guard(window=100, min_compared=20, min_agreement=0.9, max_psi=0.25, max_p99_ratio=3.0)
+    policy = Policy("4", canary="5", share=0.1, guard=guard)
+    thresholds = (0.1, 0.9)
+    rng = np.random.default_rng(7)
+    scores = rng.uniform(0.0, 0.05, 200)
+
+    def compared(challenger: np.ndarray) -> Comparison:
+        comparison = Comparison("canary", "4", "5", window=guard.window)
+        comparison.add(scores[: len(challenger)], challenger, thresholds, thresholds)
+        return comparison
+
+    same, latencies = compared(scores), Latencies()
+    assert guard_finding(policy, same, latencies) is None
+    assert guard_finding(Policy("4", guard=guard), same, latencies) is None  # no canary
+    same.errors = 2
+    assert guard_finding(policy, same, latencies) == "2 model errors"
+    # Judged only once min_compared are in: 19 that all disagree are not enough.
+    assert guard_finding(policy, compared(np.full(19, 0.5)), latencies) is None
+    found = guard_finding(policy, compared(np.full(20, 0.5)), latencies)
+    assert found == "decision agreement 0.0000 < 0.9 over the last 20 requests"
+    # Same decisions, scores shifted within APPROVE: the PSI catches it.
+    shifted = guard_finding(policy, compared(scores * 1e-3), latencies)
+    assert shifted is not None and shifted.startswith("PSI ") and "> 0.25" in shifted
+    # Three times the champion's p99, over enough requests of each.
+    for _ in range(20):
+        latencies.ring("4").append(0.001)
+        latencies.ring("5").append(0.0029)
+    assert guard_finding(policy, compared(scores), latencies) is None
+    latencies.ring("5").append(0.01)
+    slow = guard_finding(policy, compared(scores), latencies)
+    assert slow is not None and slow.startswith("p99 ") and "> 3.0 x the champion's" in slow
