@@ -36,10 +36,11 @@ from server.auth import key_guards
 from server.batching import InlineRunner, LoopBatcher, Runner
 from server.collectors import (
     alert_counters,
-    comparison_gauges,
+    comparison_tallies,
     drift_of,
     drift_windows,
     event_counters,
+    policy_gauges,
     repository_counters,
     serving_gauges,
 )
@@ -192,7 +193,8 @@ def create_app(
     endpoints = Endpoints(state, guard, metrics)
     managers: dict[str, TrafficManager] = {}  # filled when the repositories open
     if metrics is not None:
-        metrics.gauge_sources.append(comparison_gauges(managers))
+        metrics.gauge_sources.append(policy_gauges(managers))
+        metrics.comparison_sources.append(comparison_tallies(managers))
     limiter = None
     if settings.rate_limit_rps > 0:
         burst = settings.rate_limit_burst or max(1, math.ceil(settings.rate_limit_rps))

@@ -4,12 +4,13 @@ from the models, the repository and the alert sender, and the drift windows."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from server.alerts import AlertSender
 from server.drift import ScoreDrift
 from server.endpoints import ServerState
 from server.events import EventScoring
-from server.metrics import DriftSource, DriftWindow, GaugeSource, Labels
+from server.metrics import ComparisonSource, DriftSource, DriftWindow, GaugeSource, Labels
 from server.traffic import TrafficManager
 
 
@@ -135,105 +136,44 @@ def event_counters(events: EventScoring) -> GaugeSource:
     return collect
 
 
-def comparison_gauges(managers: Mapping[str, TrafficManager]) -> GaugeSource:
-    """Champion against challengers, per model and challenger version (server/traffic.py),
-    and each answering version's latency."""
+def comparison_tallies(managers: Mapping[str, TrafficManager]) -> ComparisonSource:
+    """Champion against challengers, per model and challenger version (server/traffic.py), as
+    tallies that add up across workers: /metrics derives the figures from their sum."""
+
+    def collect() -> list[dict[str, Any]]:
+        return [
+            {"model": name, "version": c.challenger, "role": c.role, **c.tallies()}
+            for name, manager in managers.items()
+            for c in manager.comparisons.values()
+        ]
+
+    return collect
+
+
+def policy_gauges(managers: Mapping[str, TrafficManager]) -> GaugeSource:
+    """Each answering version's latency under a policy, and the canaries rolled back."""
 
     def collect() -> dict[str, tuple[str, Labels, dict[Labels, float]]]:
         if not managers:
             return {}
-        figures = {name: manager.figures() for name, manager in managers.items()}
-        series: dict[str, tuple[str, Labels, dict[Labels, float]]] = {}
-
-        def put(name: str, help_text: str, labels: Labels, values: dict[Labels, float]) -> None:
-            series[name] = (help_text, labels, values)
-
-        who = ("model", "version", "role")
-        compared: dict[Labels, float] = {}
-        agreement: dict[Labels, float] = {}
-        correlation: dict[Labels, float] = {}
-        psi: dict[Labels, float] = {}
-        dropped: dict[Labels, float] = {}
-        errors: dict[Labels, float] = {}
-        window_agreement: dict[Labels, float] = {}
-        window_psi: dict[Labels, float] = {}
-        confusion: dict[Labels, float] = {}
-        for model, found in figures.items():
-            for c in found["challengers"]:
-                key = (model, c["version"], c["role"])
-                compared[key] = float(c["compared"])
-                dropped[key] = float(c["dropped"])
-                errors[key] = float(c["errors"])
-                for target, value in (
-                    (agreement, c["agreement"]),
-                    (correlation, c["score_correlation"]),
-                    (psi, c["psi"]),
-                    (window_agreement, c["window"]["agreement"]),
-                    (window_psi, c["window"]["psi"]),
-                ):
-                    if value is not None:
-                        target[key] = float(value)
-                for mine, row in c["decisions"].items():
-                    for theirs, count in row.items():
-                        confusion[(*key, mine.removeprefix("champion "), theirs)] = float(count)
-        put(
-            "fraud_comparison_compared",
-            "Requests scored by both champion and challenger.",
-            who,
-            compared,
-        )
-        put(
-            "fraud_comparison_agreement",
-            "Share of compared requests with the same decision.",
-            who,
-            agreement,
-        )
-        put(
-            "fraud_comparison_decisions",
-            "Compared requests by the champion's decision and the challenger's.",
-            (*who, "champion_decision", "challenger_decision"),
-            confusion,
-        )
-        put(
-            "fraud_comparison_score_correlation",
-            "Pearson correlation of the two scores.",
-            who,
-            correlation,
-        )
-        put("fraud_comparison_psi", "Population stability index between the two scores.", who, psi)
-        put(
-            "fraud_comparison_window_agreement",
-            "Decision agreement over the guard's window.",
-            who,
-            window_agreement,
-        )
-        put("fraud_comparison_window_psi", "PSI over the guard's window.", who, window_psi)
-        put(
-            "fraud_comparison_dropped",
-            "Requests left uncompared: the comparison fell behind.",
-            who,
-            dropped,
-        )
-        put("fraud_comparison_errors", "Model errors of the challenger.", who, errors)
         latency: dict[Labels, float] = {}
-        for model, found in figures.items():
-            for version, q in found["latency"].items():
+        for name, manager in managers.items():
+            for version, q in manager.figures()["latency"].items():
                 if q is not None:
-                    latency[(model, version, "0.5")] = q["p50_ms"] / 1e3
-                    latency[(model, version, "0.99")] = q["p99_ms"] / 1e3
-        put(
-            "fraud_version_latency_seconds",
-            "Request time of each version that answers under "
-            "a policy, over its last 4,096 requests.",
-            ("model", "version", "quantile"),
-            latency,
-        )
-        put(
-            "fraud_canary_rollbacks",
-            "Canaries the guard rolled back.",
-            ("model",),
-            {(model,): float(found["rollbacks"]) for model, found in figures.items()},
-        )
-        return series
+                    latency[(name, version, "0.5")] = q["p50_ms"] / 1e3
+                    latency[(name, version, "0.99")] = q["p99_ms"] / 1e3
+        return {
+            "fraud_version_latency_seconds": (
+                "Request time of each version that answers under a policy, over its last 4,096"
+                " requests (with several workers, the slowest worker's).",
+                ("model", "version", "quantile"),
+                latency,
+            ),
+            "fraud_canary_rollbacks": (
+                "Canaries the guard rolled back.",
+                ("model",),
+                {(name,): float(m.rollbacks) for name, m in managers.items()},
+            ),
+        }
 
     return collect

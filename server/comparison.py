@@ -68,18 +68,16 @@ class Window:
         self.at = (self.at + n) % self.size
         self.filled = min(self.size, self.filled + n)
 
-    def figures(self) -> dict[str, Any]:
+    def tallies(self) -> dict[str, Any]:
         n = self.filled
-        if n == 0:
-            return {"compared": 0, "agreement": None, "psi": None}
         return {
-            "compared": n,
-            "agreement": float(self.agree[:n].mean()),
-            "psi": psi(
-                np.bincount(self.champion_bin[:n], minlength=BINS),
-                np.bincount(self.challenger_bin[:n], minlength=BINS),
-            ),
+            "window_agreed": int(self.agree[:n].sum()),
+            "window_champion_bins": np.bincount(self.champion_bin[:n], minlength=BINS).tolist(),
+            "window_challenger_bins": np.bincount(self.challenger_bin[:n], minlength=BINS).tolist(),
         }
+
+    def figures(self) -> dict[str, Any]:
+        return window_figures(self.tallies())
 
 
 class Comparison:
@@ -90,7 +88,6 @@ class Comparison:
         self.role = role
         self.champion = champion
         self.challenger = challenger
-        self.compared = 0
         self.confusion = np.zeros((3, 3), dtype=np.int64)  # champion's decision x challenger's
         self.sums = np.zeros(5)  # x, y, xx, yy, xy: Pearson's r at any time
         self.champion_bins = np.zeros(BINS, dtype=np.int64)
@@ -118,42 +115,72 @@ class Comparison:
         self.champion_bins += np.bincount(bx, minlength=BINS)
         self.challenger_bins += np.bincount(by, minlength=BINS)
         self.window.add(dx == dy, bx, by)
-        self.compared += len(x)
 
-    def correlation(self) -> float | None:
-        n = self.compared
-        if n < 2:
-            return None
-        sx, sy, sxx, syy, sxy = self.sums
-        vx, vy = n * sxx - sx * sx, n * syy - sy * sy
-        if vx <= 0.0 or vy <= 0.0:
-            return None
-        r = (n * sxy - sx * sy) / math.sqrt(vx * vy)
-        return float(max(-1.0, min(1.0, r)))
-
-    def agreement(self) -> float | None:
-        return float(np.trace(self.confusion) / self.compared) if self.compared else None
-
-    def figures(self) -> dict[str, Any]:
+    def tallies(self) -> dict[str, Any]:
+        """What adds up across workers, as JSON: /metrics takes the figures from the sum
+        (figures_of), since agreements, correlations and PSIs themselves do not add."""
         return {
-            "version": self.challenger,
-            "role": self.role,
-            "champion": self.champion,
-            "compared": self.compared,
-            "agreement": self.agreement(),
-            "decisions": {
-                f"champion {mine}": dict(zip(DECISIONS, map(int, row), strict=True))
-                for mine, row in zip(DECISIONS, self.confusion, strict=True)
-            },
-            "score_correlation": self.correlation(),
-            "psi": psi(self.champion_bins, self.challenger_bins),
-            "window": self.window.figures(),
+            "confusion": self.confusion.ravel().tolist(),
+            "sums": self.sums.tolist(),
+            "champion_bins": self.champion_bins.tolist(),
+            "challenger_bins": self.challenger_bins.tolist(),
+            **self.window.tallies(),
             "errors": self.errors,
             "dropped": self.dropped,
-            "after_answer_us_per_row": (
-                1e6 * self.run_seconds / self.run_rows if self.run_rows else None
-            ),
         }
+
+    def figures(self) -> dict[str, Any]:
+        return (
+            {"version": self.challenger, "role": self.role, "champion": self.champion}
+            | figures_of(self.tallies())
+            | {
+                "after_answer_us_per_row": (
+                    1e6 * self.run_seconds / self.run_rows if self.run_rows else None
+                )
+            }
+        )
+
+
+def figures_of(tallies: dict[str, Any]) -> dict[str, Any]:
+    """A comparison's figures from its tallies (Comparison.tallies, or several workers'
+    added up)."""
+    confusion = np.asarray(tallies["confusion"], dtype=np.int64).reshape(3, 3)
+    compared = int(confusion.sum())
+    return {
+        "compared": compared,
+        "agreement": float(np.trace(confusion) / compared) if compared else None,
+        "decisions": {
+            f"champion {mine}": dict(zip(DECISIONS, map(int, row), strict=True))
+            for mine, row in zip(DECISIONS, confusion, strict=True)
+        },
+        "score_correlation": correlation(compared, tallies["sums"]),
+        "psi": psi(np.asarray(tallies["champion_bins"]), np.asarray(tallies["challenger_bins"])),
+        "window": window_figures(tallies),
+        "errors": int(tallies["errors"]),
+        "dropped": int(tallies["dropped"]),
+    }
+
+
+def window_figures(tallies: dict[str, Any]) -> dict[str, Any]:
+    champion_bins = np.asarray(tallies["window_champion_bins"])
+    n = int(champion_bins.sum())
+    return {
+        "compared": n,
+        "agreement": float(tallies["window_agreed"] / n) if n else None,
+        "psi": psi(champion_bins, np.asarray(tallies["window_challenger_bins"])),
+    }
+
+
+def correlation(n: int, sums: list[float]) -> float | None:
+    """Pearson's r from the count and the sums of x, y, xx, yy and xy."""
+    if n < 2:
+        return None
+    sx, sy, sxx, syy, sxy = sums
+    vx, vy = n * sxx - sx * sx, n * syy - sy * sy
+    if vx <= 0.0 or vy <= 0.0:
+        return None
+    r = (n * sxy - sx * sy) / math.sqrt(vx * vy)
+    return float(max(-1.0, min(1.0, r)))
 
 
 class Latencies:

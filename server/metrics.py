@@ -67,6 +67,8 @@ class DriftWindow(NamedTuple):
 
 # Collected at scrape time: (model, version) -> its drift window.
 DriftSource = Callable[[], dict[tuple[str, str], DriftWindow]]
+# Collected at scrape time: {"model", "version", "role", **Comparison.tallies()} per challenger.
+ComparisonSource = Callable[[], list[dict[str, Any]]]
 # What drift_of finds a served version's window by: (model, version).
 DriftLookup = Callable[[str, str], ScoreDrift | None]
 
@@ -146,6 +148,7 @@ class Metrics:
         self.gauge_sources: list[GaugeSource] = []
         self.counter_sources: list[GaugeSource] = []
         self.drift_sources: list[DriftSource] = []
+        self.comparison_sources: list[ComparisonSource] = []
         # (time, seconds covered, requests, p50 ms, p99 ms) per flush, the last few minutes.
         self.recent: deque[tuple[float, float, int, float, float]] = deque(maxlen=RECENT_POINTS)
         self._last_flush = time.time()
@@ -342,6 +345,8 @@ class Metrics:
                 {"model": model, "version": version, **window._asdict()}
                 for (model, version), window in drift.items()
             ],
+            # Likewise agreements, correlations and PSIs: from the added-up tallies.
+            "comparisons": [row for source in self.comparison_sources for row in source()],
         }
 
 

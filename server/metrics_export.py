@@ -28,14 +28,32 @@ from prometheus_client.core import (
     Metric,
 )
 
+from server.comparison import figures_of
 from server.drift import psi as population_stability
 from server.metrics import Metrics
 
 logger = logging.getLogger("uvicorn.error").getChild("fraud")
 
 DUMP_INTERVAL_S = 1.0
-# Gauges that say what a worker is, not how much it holds: the most of any worker, not the sum.
-SAME_IN_EVERY_WORKER = frozenset({"fraud_model_info", "fraud_draining"})
+# Gauges that do not add up across workers, the most of any worker instead: what a worker is
+# (the same in each), and latency quantiles (the slowest worker's, a bound for all).
+MOST_OF_ANY_WORKER = frozenset(
+    {"fraud_model_info", "fraud_draining", "fraud_version_latency_seconds"}
+)
+# A comparison's fields that add up (server/comparison.py's Comparison.tallies).
+COMPARISON_TALLIES = frozenset(
+    {
+        "confusion",
+        "sums",
+        "champion_bins",
+        "challenger_bins",
+        "window_agreed",
+        "window_champion_bins",
+        "window_challenger_bins",
+        "errors",
+        "dropped",
+    }
+)
 LIVE_FILE_AGE_S = 5.0  # a worker's file older than this: the worker is gone, drop its gauges
 
 
@@ -46,8 +64,11 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
         "gauges": {},
         "histograms": {},
         "drift": {},  # (model, version) -> window, once merged
+        "comparisons": {},  # (model, version, role) -> tallies, once merged
     }
     for state, alive in zip(states, live, strict=True):
+        for which, row in _comparison_rows(state) if alive else ():
+            merged["comparisons"][which] = _added(merged["comparisons"].get(which), row)
         for key, window in _drift_windows(state) if alive else ():
             into = merged["drift"].get(key)
             if into is None or len(into["counts"]) != len(window["counts"]):
@@ -76,7 +97,7 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
                             counts = [a + b for a, b in zip(old[1], counts, strict=True)]
                             total += old[2]
                         into["values"][key] = (bounds, counts, total)
-                    elif kind == "gauges" and name in SAME_IN_EVERY_WORKER:
+                    elif kind == "gauges" and name in MOST_OF_ANY_WORKER:
                         into["values"][key] = max(into["values"].get(key, value), value)
                     else:
                         into["values"][key] = into["values"].get(key, 0) + value
@@ -95,6 +116,83 @@ def _drift_windows(state: dict[str, Any]) -> list[tuple[tuple[str, str], dict[st
         if not (type(key) is tuple and len(key) == 2 and all(type(k) is str for k in key)):
             raise ValueError(f"a drift window is keyed {key!r}, not (model, version)")
     return pairs
+
+
+def _comparison_rows(state: dict[str, Any]) -> list[tuple[tuple[str, str, str], dict[str, Any]]]:
+    """((model, version, role), tallies) pairs, as _drift_windows does for drift."""
+    rows = state.get("comparisons", [])
+    if isinstance(rows, dict):
+        pairs = list(rows.items())
+    else:
+        pairs = [((r["model"], r["version"], r["role"]), r) for r in rows]
+    for key, row in pairs:
+        if not (type(key) is tuple and len(key) == 3 and all(type(k) is str for k in key)):
+            raise ValueError(f"a comparison is keyed {key!r}, not (model, version, role)")
+        if not row.keys() >= COMPARISON_TALLIES:
+            raise ValueError(f"a comparison lacks {sorted(COMPARISON_TALLIES - row.keys())}")
+    return pairs
+
+
+def _added(into: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    """Two workers' tallies of one comparison, added up field by field."""
+    mine = {k: (list(row[k]) if isinstance(row[k], list) else row[k]) for k in COMPARISON_TALLIES}
+    if into is None:
+        return mine
+    for key in COMPARISON_TALLIES:
+        value = into[key]
+        if isinstance(value, list):
+            if len(value) != len(mine[key]):
+                raise ValueError(
+                    f"a comparison's {key} has {len(mine[key])} values, not {len(value)}"
+                )
+            mine[key] = [a + b for a, b in zip(value, mine[key], strict=True)]
+        else:
+            mine[key] = value + mine[key]
+    return mine
+
+
+def comparison_families(rows: dict[tuple[str, str, str], dict[str, Any]]) -> Iterator[Metric]:
+    """Champion against challenger (server/comparison.py), from the added-up tallies."""
+    who = ["model", "version", "role"]
+    made = {
+        name: GaugeMetricFamily(f"fraud_comparison_{name}", text, labels=who)
+        for name, text in (
+            ("compared", "Requests scored by both champion and challenger."),
+            ("agreement", "Share of compared requests with the same decision."),
+            ("score_correlation", "Pearson correlation of the two scores."),
+            ("psi", "Population stability index between the two scores."),
+            ("window_agreement", "Decision agreement over the guard's window."),
+            ("window_psi", "PSI over the guard's window."),
+            ("dropped", "Requests left uncompared: the comparison fell behind."),
+            ("errors", "Model errors of the challenger."),
+        )
+    }
+    confusion = GaugeMetricFamily(
+        "fraud_comparison_decisions",
+        "Compared requests by the champion's decision and the challenger's.",
+        labels=[*who, "champion_decision", "challenger_decision"],
+    )
+    for key, tallies in rows.items():
+        labels = list(key)
+        found = figures_of(tallies)
+        window = found["window"]
+        for name, value in (
+            ("compared", found["compared"]),
+            ("agreement", found["agreement"]),
+            ("score_correlation", found["score_correlation"]),
+            ("psi", found["psi"]),
+            ("window_agreement", window["agreement"]),
+            ("window_psi", window["psi"]),
+            ("dropped", found["dropped"]),
+            ("errors", found["errors"]),
+        ):
+            if value is not None:
+                made[name].add_metric(labels, float(value))
+        for mine, row in found["decisions"].items():
+            for theirs, count in row.items():
+                confusion.add_metric([*labels, mine.removeprefix("champion "), theirs], count)
+    yield from made.values()
+    yield confusion
 
 
 def families(state: dict[str, Any]) -> Iterator[Metric]:
@@ -126,6 +224,7 @@ def families(state: dict[str, Any]) -> Iterator[Metric]:
             psi.add_metric([model, version], stability)
     yield psi
     yield window_size
+    yield from comparison_families(state["comparisons"])
     for name, family in state["histograms"].items():
         histogram = HistogramMetricFamily(name, family["help"], labels=family["labels"])
         for labels, (bounds, counts, total) in _values(family):

@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.batching import LoopBatcher
+from server.comparison import Comparison
 from server.errors import NotReady, Overloaded
 from server.metrics import Metrics
 from server.metrics_export import MetricsExporter, merge
@@ -338,6 +339,56 @@ def test_a_scrape_adds_up_every_worker_file(tmp_path: Path) -> None:
     assert value(metrics, "fraud_queue_depth") == 2 + 5
     assert here.file is not None and other.file is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([here.file.name, other.file.name])
+
+
+def test_comparisons_add_up_across_workers_before_their_figures_are_taken(
+    tmp_path: Path,
+) -> None:
+    """Two workers comparing the same canary on different requests: /metrics gives the
+    figures of all their requests pooled, not the sum of two agreements or two PSIs; and a
+    latency quantile is the slowest worker's."""
+    rng = np.random.default_rng(3)
+    champion = rng.uniform(0.0, 1.0, 300)
+    challenger = np.clip(champion + rng.normal(0.0, 0.1, 300), 0.0, 1.0)
+    thresholds = (0.3, 0.8)
+    pooled = Comparison("canary", "4", "5", window=250)
+    pooled.add(champion, challenger, thresholds, thresholds)
+    workers = []
+    for part, p99 in ((slice(0, 100), 0.001), (slice(100, 300), 0.003)):
+        comparison = Comparison("canary", "4", "5", window=250)
+        comparison.add(champion[part], challenger[part], thresholds, thresholds)
+        metrics = Metrics()
+        row = {"model": "m", "version": "5", "role": "canary", **comparison.tallies()}
+        metrics.comparison_sources.append(lambda row=row: [row])
+        latency = {("m", "5", "0.99"): p99}
+        family = ("p99", ("model", "version", "quantile"), latency)
+        metrics.gauge_sources.append(lambda f=family: {"fraud_version_latency_seconds": f})
+        workers.append(MetricsExporter(metrics, tmp_path))
+    workers[1].dump()
+    found = samples(workers[0].render().decode())
+    expected = pooled.figures()
+    labels = {"model": "m", "version": "5", "role": "canary"}
+    assert value(found, "fraud_comparison_compared", **labels) == 300
+    for name, figure in (
+        ("agreement", expected["agreement"]),
+        ("score_correlation", expected["score_correlation"]),
+        ("psi", expected["psi"]),
+    ):
+        assert value(found, f"fraud_comparison_{name}", **labels) == pytest.approx(figure)
+    assert 0.5 < expected["agreement"] < 1.0 and expected["psi"] > 0.0
+    # The window holds the newest 250 of each worker's, 100 + 200 here (the pooled one's
+    # window would hold 250 of 300): its figures are from those 300.
+    window = value(found, "fraud_comparison_window_agreement", **labels)
+    assert window == pytest.approx(expected["agreement"])
+    approve_review = value(
+        found,
+        "fraud_comparison_decisions",
+        **labels,
+        champion_decision="APPROVE",
+        challenger_decision="REVIEW",
+    )
+    assert approve_review == expected["decisions"]["champion APPROVE"]["REVIEW"] > 0
+    assert value(found, "fraud_version_latency_seconds", quantile="0.99") == 0.003
 
 
 def test_a_stale_file_counts_for_counters_but_not_gauges(tmp_path: Path) -> None:
