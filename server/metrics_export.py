@@ -28,7 +28,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from server.comparison import figures_of
+from server.comparison import BINS, figures_of
 from server.drift import psi as population_stability
 from server.metrics import Metrics
 
@@ -40,6 +40,16 @@ DUMP_INTERVAL_S = 1.0
 MOST_OF_ANY_WORKER = frozenset(
     {"fraud_model_info", "fraud_draining", "fraud_version_latency_seconds"}
 )
+COMPARISON_PREFIX = "fraud_comparison_"  # the families comparison_families() makes
+# The lengths of a comparison's list tallies in this version (Comparison.tallies).
+LAYOUT = {
+    "confusion": 9,
+    "sums": 5,
+    "champion_bins": BINS,
+    "challenger_bins": BINS,
+    "window_champion_bins": BINS,
+    "window_challenger_bins": BINS,
+}
 # A comparison's fields that add up (server/comparison.py's Comparison.tallies).
 COMPARISON_TALLIES = frozenset(
     {
@@ -81,6 +91,11 @@ def merge(states: list[dict[str, Any]], live: list[bool]) -> dict[str, Any]:
             if kind == "gauges" and not alive:
                 continue
             for name, family in state.get(kind, {}).items():
+                if kind == "gauges" and name.startswith(COMPARISON_PREFIX):
+                    # Figures a worker of an older version wrote as gauges (one draining
+                    # through a restart, say): they come from the tallies now, and a second
+                    # family of the same name would make the scrape invalid.
+                    continue
                 into = merged[kind].setdefault(
                     name, {"help": family["help"], "labels": family["labels"], "values": {}}
                 )
@@ -130,7 +145,13 @@ def _comparison_rows(state: dict[str, Any]) -> list[tuple[tuple[str, str, str], 
             raise ValueError(f"a comparison is keyed {key!r}, not (model, version, role)")
         if not row.keys() >= COMPARISON_TALLIES:
             raise ValueError(f"a comparison lacks {sorted(COMPARISON_TALLIES - row.keys())}")
-    return pairs
+    # A row of another layout (bins of another version of the server) is left out, not the
+    # whole file with its counters.
+    return [(key, row) for key, row in pairs if _layout(row) == LAYOUT]
+
+
+def _layout(row: dict[str, Any]) -> dict[str, int]:
+    return {k: len(row[k]) for k in LAYOUT if isinstance(row[k], list)}
 
 
 def _added(into: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
@@ -141,10 +162,6 @@ def _added(into: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
     for key in COMPARISON_TALLIES:
         value = into[key]
         if isinstance(value, list):
-            if len(value) != len(mine[key]):
-                raise ValueError(
-                    f"a comparison's {key} has {len(mine[key])} values, not {len(value)}"
-                )
             mine[key] = [a + b for a, b in zip(value, mine[key], strict=True)]
         else:
             mine[key] = value + mine[key]
@@ -155,20 +172,23 @@ def comparison_families(rows: dict[tuple[str, str, str], dict[str, Any]]) -> Ite
     """Champion against challenger (server/comparison.py), from the added-up tallies."""
     who = ["model", "version", "role"]
     made = {
-        name: GaugeMetricFamily(f"fraud_comparison_{name}", text, labels=who)
+        name: GaugeMetricFamily(COMPARISON_PREFIX + name, text, labels=who)
         for name, text in (
             ("compared", "Requests scored by both champion and challenger."),
             ("agreement", "Share of compared requests with the same decision."),
             ("score_correlation", "Pearson correlation of the two scores."),
             ("psi", "Population stability index between the two scores."),
-            ("window_agreement", "Decision agreement over the guard's window."),
-            ("window_psi", "PSI over the guard's window."),
+            (
+                "window_agreement",
+                "Decision agreement over the guard's window (every worker's, added up).",
+            ),
+            ("window_psi", "PSI over the guard's window (every worker's, added up)."),
             ("dropped", "Requests left uncompared: the comparison fell behind."),
             ("errors", "Model errors of the challenger."),
         )
     }
     confusion = GaugeMetricFamily(
-        "fraud_comparison_decisions",
+        COMPARISON_PREFIX + "decisions",
         "Compared requests by the champion's decision and the challenger's.",
         labels=[*who, "champion_decision", "challenger_decision"],
     )

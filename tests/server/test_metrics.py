@@ -389,6 +389,40 @@ def test_comparisons_add_up_across_workers_before_their_figures_are_taken(
     )
     assert approve_review == expected["decisions"]["champion APPROVE"]["REVIEW"] > 0
     assert value(found, "fraud_version_latency_seconds", quantile="0.99") == 0.003
+    # A live worker of an older version beside them: its comparison gauges are not a second
+    # family of the same name, and a row of other bins does not cost the file its counters.
+    few = Comparison("canary", "4", "5", window=250)
+    few.add(champion[:7], challenger[:7], thresholds, thresholds)
+    older = {"model": "m", "version": "5", "role": "canary", **few.tallies()}
+    older["champion_bins"] = older["challenger_bins"] = [1, 2, 3]
+    requests = {"help": "Requests answered.", "labels": ["route", "model", "status", "protocol"]}
+    (tmp_path / "4242-1.json").write_text(
+        json.dumps(
+            {
+                "counters": {
+                    "fraud_requests": requests | {"values": [[["/x", "", "200", "http"], 5]]}
+                },
+                "gauges": {
+                    "fraud_comparison_agreement": {
+                        "help": "Share of compared requests with the same decision.",
+                        "labels": ["model", "version", "role"],
+                        "values": [[["m", "5", "canary"], 0.5]],
+                    }
+                },
+                "histograms": {},
+                "drift": [],
+                "comparisons": [older],
+            }
+        )
+    )
+    text = workers[0].render().decode()
+    assert text.count("# TYPE fraud_comparison_agreement gauge") == 1
+    found = samples(text)
+    assert value(found, "fraud_requests_total", route="/x") == 5
+    assert value(found, "fraud_comparison_compared", **labels) == 300  # the older row left out
+    assert value(found, "fraud_comparison_agreement", **labels) == pytest.approx(
+        expected["agreement"]
+    )
 
 
 def test_a_stale_file_counts_for_counters_but_not_gauges(tmp_path: Path) -> None:
