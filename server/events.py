@@ -263,6 +263,7 @@ class EventScoring:
             # The event is applied: another version answers it from the same features,
             # not from the state it left, where it would be taken for a replay.
             async def redo(other: ScoringService) -> dict[str, Any]:
+                self.pipeline(other)  # a version not trained on events is a 404 here too
                 return (await self._answers(other, [event], [folded], wanted))[0]
 
             error.redo = redo

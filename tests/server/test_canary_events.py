@@ -9,8 +9,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from features.events import DEFINITIONS
 from server.accounts import MemoryStore
 from server.app import make_service
+from server.errors import NotFound
 from server.events import EventScoring
 from server.repository import Snapshot
 from server.service import ScoringService
@@ -19,8 +23,8 @@ from server.traffic import TrafficManager
 from tests.server.test_events import event, events_scorer, offline
 
 
-def service(version: str, fail: bool) -> ScoringService:
-    scorer = events_scorer()
+def service(version: str, fail: bool, definitions: str | None = DEFINITIONS) -> ScoringService:
+    scorer = events_scorer(definitions=definitions)
     scorer.info = replace(scorer.info, version=version)
     scorer.fail = fail
     made = make_service(scorer, Settings(api_keys=("k",)))
@@ -63,3 +67,22 @@ def test_the_champion_answers_a_failed_canary_s_event_from_the_same_fold(tmp_pat
     assert followed["replayed"] is False
     assert list(followed["features"].values()) == expected[1]  # type: ignore[union-attr]
     assert again["replayed"] is True
+
+
+def test_a_champion_that_takes_no_events_does_not_answer_one(tmp_path: Path) -> None:
+    (tmp_path / "policy.json").write_text(json.dumps({"champion": "1", "canary": "2", "share": 1}))
+    published: list[Snapshot] = []
+    manager = TrafficManager(tmp_path, "wallet", published.append)
+    champion, canary = service("1", fail=False, definitions=None), service("2", fail=True)
+    manager.on_snapshot(Snapshot("wallet", {"2": canary, "1": champion}))
+    scoring = EventScoring(MemoryStore(), 512)
+
+    async def scenario() -> None:
+        await manager.answer(published[-1], scoring.score, event(1), None, "account_id")
+
+    try:
+        with pytest.raises(NotFound, match="does not score raw events"):
+            asyncio.run(scenario())
+    finally:
+        for one in (champion, canary):
+            one.runner.close()
