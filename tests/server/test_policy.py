@@ -105,7 +105,7 @@ def test_promotion_and_the_canary_s_removal() -> None:
         Policy("4").promoted()
 
 
-def test_the_repository_keeps_every_version_the_policy_names(tmp_path: Path) -> None:
+def test_a_policy_names_its_versions_and_the_one_a_rollback_returns_to(tmp_path: Path) -> None:
     manager = TrafficManager(tmp_path, "m", lambda snapshot: None)
     assert manager.named_versions() == frozenset()  # no policy: max_versions alone decides
     write(tmp_path, Policy("4", shadow="6", canary="5", share=0.1))

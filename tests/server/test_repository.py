@@ -13,17 +13,21 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
-from server.app import make_service
+from server.app import create_app, make_service
 from server.errors import ArtifactError, NotFound, SettingsError
 from server.repository import ModelRepository, Snapshot, resolve_models, scan, signature
 from server.service import ScoringService
 from server.settings import Settings
+from tests.conftest import ROOT
+from tests.model_edits import make_version
 from tests.server.fakes import FakeScorer, fake_info
 
 NAME = "cards"
@@ -386,3 +390,51 @@ def test_requests_in_flight_finish_on_the_version_they_found(tmp_path: Path, mod
             current.runner.close()
 
     asyncio.run(scenario())
+
+
+def test_a_policy_s_champion_stays_served_past_max_versions_in_the_app(tmp_path: Path) -> None:
+    """The real wiring: the app's repository asks the model's policy what to keep, so a newer
+    version arriving under FRAUD_MAX_VERSIONS=1 does not drop the champion the policy names."""
+    shipped = ROOT / "models" / "creditcard" / "4"
+    root = tmp_path / "creditcard"
+    root.mkdir()
+    for version in ("3", "4"):
+        make_version(shipped, root, version)
+    (root / "policy.json").write_text(json.dumps({"champion": "3"}))
+    settings = Settings(
+        api_keys=("score-key-0123456789",),
+        admin_keys=("admin-key-0123456789",),
+        model_repository=tmp_path,
+        max_versions=1,
+        poll_interval_s=0,
+    )
+    row = json.loads((shipped / "samples.json").read_text())["rows"][0]["features"]
+    scoring = {"X-API-Key": "score-key-0123456789"}
+    with TestClient(create_app(settings)) as client:
+
+        def answered_by() -> str:
+            answer = client.post("/v1/score", json={"features": row}, headers=scoring)
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["model_version"])
+
+        def served(version: str) -> bool:
+            found = client.get(f"/v1/models/creditcard?version={version}", headers=scoring)
+            return found.status_code == 200
+
+        assert answered_by() == "3" and served("4") and served("3")
+        make_version(shipped, root, "5")
+        loaded = client.post(
+            "/v2/repository/models/creditcard/load", headers={"X-API-Key": "admin-key-0123456789"}
+        )
+        assert loaded.status_code == 200, loaded.text
+        assert answered_by() == "3" and served("5") and not served("4") and served("3")
+        # Without the policy, max_versions alone decides: the newest answers, 3 goes.
+        (root / "policy.json").unlink()
+        for _ in range(50):  # the policy file is looked at within a second
+            if answered_by() == "5":
+                break
+            time.sleep(0.05)
+        client.post(
+            "/v2/repository/models/creditcard/load", headers={"X-API-Key": "admin-key-0123456789"}
+        )
+        assert answered_by() == "5" and not served("3")
