@@ -117,6 +117,8 @@ class PolicyRoutes:
             try:
                 manager = self.manager(name)
                 policy = await change(manager)
+                if policy is not None:
+                    await self.load_named(name, manager, policy)
                 manager.set_policy(policy, f"{action} by admin key {admin}")
             except ServingError as error:
                 status, outcome = error.status_code, error.message
@@ -126,6 +128,19 @@ class PolicyRoutes:
         finally:
             model = name if name in self.managers else shown(name)
             log_admin(admin, action, model, status, outcome)
+
+    async def load_named(self, name: str, manager: TrafficManager, policy: Policy) -> None:
+        """Load the versions on disk that the policy names and FRAUD_MAX_VERSIONS left out,
+        so that the change applies now; one not on disk stays a 409 from set_policy."""
+        served = set(manager.raw.services) if manager.raw is not None else set()
+        repository = self.state.repositories.get(name)
+        if repository is None or policy.versions() <= served:
+            return
+        manager.loading = frozenset(policy.versions())
+        try:
+            await repository.refresh()
+        finally:
+            manager.loading = frozenset()
 
 
 def policy_of(manager: TrafficManager) -> Policy:

@@ -40,7 +40,8 @@ class Settings:
     # The model that answers the routes naming none (/v1/score, /v1/model ...): the only
     # one served, else it must be set.
     default_model: str | None = None
-    # Serve at most this many of the newest versions (0: every version on disk).
+    # Serve at most this many of the newest versions (0: every version on disk), and the
+    # versions the model's policy names.
     max_versions: int = 0
     # Seconds between looks at the repository for new, changed or removed versions
     # (0: only at start-up and on POST /v2/repository/models/{name}/load).

@@ -75,6 +75,8 @@ class TrafficManager:
         self._pending_rows = 0
         self._executor: ThreadPoolExecutor | None = None
         self._observed: list[ScoringService] = []
+        # The versions of a policy being set through the routes, loaded before it applies.
+        self.loading: frozenset[str] = frozenset()
         self.load_file()
 
     # The policy
@@ -118,12 +120,14 @@ class TrafficManager:
             )
 
     def named_versions(self) -> frozenset[str]:
-        """The versions the policy names, the one a rollback returns to too: the repository
-        keeps them loaded beyond FRAUD_MAX_VERSIONS."""
+        """The versions the policy names, the one a rollback returns to too, and those of a
+        policy an admin is setting: the repository keeps them loaded beyond
+        FRAUD_MAX_VERSIONS."""
         policy = self.policy
         if policy is None:
-            return frozenset()
-        return frozenset(policy.versions() | ({policy.previous} if policy.previous else set()))
+            return self.loading
+        named = policy.versions() | ({policy.previous} if policy.previous else set())
+        return frozenset(named) | self.loading
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """The repository's publish: a new set of versions."""

@@ -438,3 +438,18 @@ def test_a_policy_s_champion_stays_served_past_max_versions_in_the_app(tmp_path:
             "/v2/repository/models/creditcard/load", headers={"X-API-Key": "admin-key-0123456789"}
         )
         assert answered_by() == "5" and not served("3")
+        # An admin names it again: loaded from disk at once, and it answers.
+        put = client.put(
+            "/v1/models/creditcard/policy",
+            json={"champion": "3"},
+            headers={"X-API-Key": "admin-key-0123456789"},
+        )
+        assert put.status_code == 200, put.text
+        assert answered_by() == "3" and served("5")
+        missing = client.put(
+            "/v1/models/creditcard/policy",
+            json={"champion": "9"},
+            headers={"X-API-Key": "admin-key-0123456789"},
+        )
+        assert missing.status_code == 409 and "does not serve version 9" in missing.text
+        assert answered_by() == "3"
